@@ -1,0 +1,1 @@
+"""Metrics, one family per module, each with known-answer tests."""
