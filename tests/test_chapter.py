@@ -77,3 +77,13 @@ def test_log_rejects_duplicates_and_foreign_seeds():
         ch.log("ln", "-", 7, acc=1.0)
     with pytest.raises(ReplibookError, match="never logged"):
         ch.values(M("loss", "ln"))
+
+
+def test_track_prints_one_line_under_the_runner(monkeypatch, capsys):
+    from replibook.progress import track
+    monkeypatch.setenv("REPLIBOOK_RUN_DIR", "/nonexistent")
+    assert list(track(range(3), desc="runs")) == [0, 1, 2]
+    out = capsys.readouterr().out
+    assert out.startswith("runs: 3 done in ") and out.count("\n") == 1
+    monkeypatch.delenv("REPLIBOOK_RUN_DIR")
+    assert list(track(iter([1, 2]), desc="runs", total=2)) == [1, 2]

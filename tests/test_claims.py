@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from replibook.claims import (INCONCLUSIVE, NOT_ASSESSED, NOT_REPRODUCED, REPRODUCED, AllOf, AtLeast,
-                              AtMost, Check, Claim, Greater, Less, M, Within, compare_means,
+                              AtMost, Check, Claim, Greater, Less, M, NotWorse, Within, compare_means,
                               standard_error_of_difference)
 
 A, B = M("acc", "ln", "bs4"), M("acc", "bn", "bs4")
@@ -111,3 +111,21 @@ def test_smoke_claim_is_not_assessed_and_record_is_jsonable():
 def test_non_finite_values_are_rejected():
     with pytest.raises(ValueError):
         Greater(A, B).evaluate(resolver([np.nan, 1.0, 1.0], [0.0, 0.0, 0.0]))
+
+
+def test_check_above_is_a_negative_control():
+    assert Check(A, tol=1e-2, below=False).evaluate(resolver([0.5, 0.2, 0.3], [0])).verdict == REPRODUCED
+    assert Check(A, tol=1e-2, below=False).evaluate(resolver([0.5, 1e-6, 0.3], [0])).verdict == NOT_REPRODUCED
+    assert Check(A, tol=1e-2, below=False).evaluate(resolver([0.5, 5e-3, 0.3], [0])).verdict == INCONCLUSIVE
+
+
+def test_not_worse_non_inferiority():
+    # a is 0.5 pt worse than b, with tiny noise: not worse by more than 1 pt -> reproduced
+    r = resolver([0.895, 0.896, 0.894], [0.900, 0.901, 0.899])
+    assert NotWorse(A, B, delta=0.01).evaluate(r).verdict == REPRODUCED
+    # 3 pt worse with tiny noise -> not reproduced
+    r = resolver([0.870, 0.871, 0.869], [0.900, 0.901, 0.899])
+    assert NotWorse(A, B, delta=0.01).evaluate(r).verdict == NOT_REPRODUCED
+    # noisy: inconclusive
+    r = resolver([0.80, 0.90, 1.00], [0.90, 0.91, 0.89])
+    assert NotWorse(A, B, delta=0.01).evaluate(r).verdict == INCONCLUSIVE

@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Chapter": "chapter", "format_mean_std": "chapter",
     "M": "claims", "Greater": "claims", "Less": "claims", "Within": "claims", "AtLeast": "claims",
-    "AtMost": "claims", "Check": "claims", "AllOf": "claims",
-    "show": "show",
+    "AtMost": "claims", "Check": "claims", "AllOf": "claims", "NotWorse": "claims",
+    "show": "listing",
 }
 __all__ = [*_LAZY, "__version__"]
 

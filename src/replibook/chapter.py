@@ -76,9 +76,13 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def format_mean_std(values: Iterable[float], digits: int = 2, scale: float = 1.0) -> str:
+    """``"mean ± std"`` over seeds (std with ddof=1); scientific notation for tiny values."""
     arr = np.asarray(list(values), dtype=float) * scale
     mean, std = _mean_std(arr)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if arr.size > 1 else f"{mean:.{digits}f}"
+    fmt = f".{digits}f"
+    if 0 < abs(mean) < 10 ** -digits or (mean == 0 and 0 < std < 10 ** -digits):
+        fmt = ".1e"
+    return f"{mean:{fmt}} ± {std:{fmt}}" if arr.size > 1 else f"{mean:{fmt}}"
 
 
 class Chapter:

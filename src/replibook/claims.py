@@ -39,7 +39,7 @@ VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_ASSESSED)
 
 __all__ = [
     "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_ASSESSED", "VERDICTS",
-    "M", "Outcome", "Predicate", "Greater", "Less", "Within", "AtLeast", "AtMost", "AllOf",
+    "M", "Outcome", "Predicate", "Greater", "Less", "Within", "AtLeast", "AtMost", "AllOf", "NotWorse",
     "Check", "Claim", "standard_error_of_difference", "compare_means",
 ]
 
@@ -259,31 +259,70 @@ class AtMost(Predicate):
 
 
 @dataclass
+class NotWorse(Predicate):
+    """Non-inferiority: ``mean(a) >= mean(b) - delta`` beyond noise.
+
+    Reproduced when ``mean(a) - mean(b) + delta > k SE``; not reproduced when
+    ``mean(a) - mean(b) + delta < -k SE`` (a is worse than b by more than ``delta``,
+    clearly); otherwise inconclusive.
+    """
+
+    a: M
+    b: M
+    delta: float
+    k: float = 2.0
+
+    def evaluate(self, resolve: Resolver) -> Outcome:
+        a, b = _values(resolve(self.a)), _values(resolve(self.b))
+        diff = float(a.mean() - b.mean())
+        se = standard_error_of_difference(a, b)
+        numbers = {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": diff, "se": se,
+                   "delta": self.delta, "k": self.k}
+        if a.size < 2 or b.size < 2:
+            return Outcome(INCONCLUSIVE, numbers)
+        if diff + self.delta > self.k * se:
+            return Outcome(REPRODUCED, numbers)
+        if diff + self.delta < -self.k * se:
+            return Outcome(NOT_REPRODUCED, numbers)
+        return Outcome(INCONCLUSIVE, numbers)
+
+    def describe(self) -> str:
+        return f"mean({self.a}) - mean({self.b}) + {self.delta:g} > {self.k:g} SE"
+
+    def refs(self) -> list[M]:
+        return [self.a, self.b]
+
+
+@dataclass
 class Check(Predicate):
     """A deterministic check (an analytic property measured numerically).
 
-    ``metric`` holds a measured quantity (e.g. a max absolute deviation) that must be
-    ``<= tol`` for the claim to hold. It is a measurement, not a seed statistic:
-    the worst value over seeds decides. Passing -> reproduced; failing by more than
-    ``fail_factor * tol`` -> not reproduced; otherwise inconclusive.
+    ``below=True``: the measured quantity (e.g. a max absolute deviation) must be
+    ``<= tol``; the worst seed decides. Passing -> reproduced; failing by more than
+    ``fail_factor`` times -> not reproduced; otherwise inconclusive.
+    ``below=False``: the quantity must be ``>= tol`` (a negative control: "this
+    transformation does change the output"), mirrored.
     """
 
     a: M
     tol: float
     fail_factor: float = 10.0
+    below: bool = True
 
     def evaluate(self, resolve: Resolver) -> Outcome:
         a = _values(resolve(self.a))
-        worst = float(np.max(a))
-        numbers = {"worst": worst, "tol": self.tol, "fail_factor": self.fail_factor}
-        if worst <= self.tol:
+        worst = float(np.max(a)) if self.below else float(np.min(a))
+        numbers = {"worst": worst, "tol": self.tol, "fail_factor": self.fail_factor, "below": self.below}
+        passed = worst <= self.tol if self.below else worst >= self.tol
+        failed = worst > self.fail_factor * self.tol if self.below else worst < self.tol / self.fail_factor
+        if passed:
             return Outcome(REPRODUCED, numbers)
-        if worst > self.fail_factor * self.tol:
+        if failed:
             return Outcome(NOT_REPRODUCED, numbers)
         return Outcome(INCONCLUSIVE, numbers)
 
     def describe(self) -> str:
-        return f"max({self.a}) <= {self.tol:g}"
+        return f"max({self.a}) <= {self.tol:g}" if self.below else f"min({self.a}) >= {self.tol:g}"
 
     def refs(self) -> list[M]:
         return [self.a]

@@ -1,4 +1,4 @@
-"""`show(fn)`: put the source of a library function into the chapter.
+"""`show(fn)`: put the source of a library function into the chapter, as a code listing.
 
 Chapters call the tested implementation in ``src/replibook`` and *show* it, so
 the code a reader sees is the code that ran (no copy that can drift).

@@ -1,0 +1,1 @@
+"""Paper-specific code, one module per chapter (``methods/<slug_with_underscores>.py``)."""
