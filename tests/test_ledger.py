@@ -86,3 +86,14 @@ def test_atomic_write_leaves_no_partial_file_on_error(tmp_path, monkeypatch):
         ledger.atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_to_jsonable_handles_numpy_torch_and_non_finite():
+    import numpy as np
+    import torch
+
+    from replibook.serialize import to_jsonable
+    out = to_jsonable({"a": np.float32(1.5), "b": torch.tensor([1, 2]), "c": (np.int64(3), float("nan")),
+                       "d": np.arange(2), 4: None})
+    assert out == {"a": 1.5, "b": [1, 2], "c": [3, None], "d": [0, 1], "4": None}
+    json.dumps(out)

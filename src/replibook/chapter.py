@@ -29,6 +29,7 @@ from . import claims as _claims
 from . import ledger, runtime
 from .claims import M, Claim, Predicate
 from .errors import ReplibookError, UnknownName
+from .serialize import to_jsonable
 
 SIZES = ledger.SIZES
 RUN_DIR_ENV = ledger.RUN_DIR_ENV
@@ -253,13 +254,13 @@ class Chapter:
             "chapter": self.slug,
             "paper": paper,
             "size": self.size,
-            "params": _claims._jsonable(dict(self.cfg)),
+            "params": to_jsonable(dict(self.cfg)),
             "seeds": self.seeds,
             "metrics": self._metrics_record(),
             "claims": claims,
             "fidelity": self.fidelity,
             "deviations": list(self.deviations),
-            "data_sources": _claims._jsonable(self.data_sources),
+            "data_sources": to_jsonable(self.data_sources),
             "zoo": self.zoo_entries(),
             "wall_s": round(time.perf_counter() - self._t0, 2),
             "environment": runtime.environment_card(self.device),

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from .serialize import to_jsonable
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -382,17 +384,5 @@ class Claim:
         return {
             "id": self.id, "text": self.text, "evidence": self.evidence,
             "paper_value": self.paper_value, "predicate": self.predicate.describe(),
-            "verdict": self.verdict, "numbers": _jsonable(self.numbers),
+            "verdict": self.verdict, "numbers": to_jsonable(self.numbers),
         }
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..serialize import to_jsonable
+
 __all__ = ["Split", "Dataset", "stratified_split", "balanced_subset", "bundled", "real"]
 
 _SUBMODULES = ("bundled", "real")
@@ -95,23 +97,8 @@ class Dataset:
             "x_shape": list(self.train.x.shape[1:]),
             "x_dtype": str(self.train.x.dtype).replace("torch.", ""),
             "classes": list(self.classes) if self.classes is not None else None,
-            "info": _jsonable(self.info),
+            "info": to_jsonable(self.info),
         }
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` with numpy/torch scalars, arrays, tuples and paths turned into JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 # ---------------------------------------------------------------------------
