@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from replibook.claims import (INCONCLUSIVE, NOT_ASSESSED, NOT_REPRODUCED, REPRODUCED, AllOf, AtLeast,
-                              AtMost, Check, Claim, Greater, Less, M, NotWorse, Within, compare_means,
+                              AnyOf, AtMost, Check, Claim, FewerTotal, Greater, Less, M, NotBelow, NotWorse,
+                              OnlySupports, Within, compare_means,
                               standard_error_of_difference)
 
 A, B = M("acc", "ln", "bs4"), M("acc", "bn", "bs4")
@@ -129,3 +130,37 @@ def test_not_worse_non_inferiority():
     # noisy: inconclusive
     r = resolver([0.80, 0.90, 1.00], [0.90, 0.91, 0.89])
     assert NotWorse(A, B, delta=0.01).evaluate(r).verdict == INCONCLUSIVE
+
+
+def _resolver(values):
+    return lambda ref: np.asarray(values[ref.key()], dtype=float)
+
+
+def test_not_below_and_only_supports_and_any_of():
+    a, b, c = M("acc", "UN"), M("acc", "LN"), M("acc", "BN")
+    vals = {a.key(): [0.90, 0.91, 0.92], b.key(): [0.915, 0.915, 0.915], c.key(): [0.8, 0.81, 0.79]}
+    res = _resolver(vals)
+    assert NotBelow(a, b, tol=0.01, fail_below=0.03).evaluate(res).verdict == REPRODUCED
+    assert NotBelow(a, b, tol=0.001, fail_below=0.03).evaluate(res).verdict == INCONCLUSIVE
+    vals[a.key()] = [0.85, 0.86, 0.87]
+    assert NotBelow(a, b, tol=0.01, fail_below=0.03).evaluate(res).verdict == NOT_REPRODUCED
+    with pytest.raises(ValueError):
+        NotBelow(a, b, tol=0.05, fail_below=0.01)
+    # BN clearly better than UN: the supporting condition cannot refute
+    assert Greater(c, a).evaluate(res).verdict == NOT_REPRODUCED
+    assert OnlySupports(Greater(a, c)).evaluate(res).verdict == REPRODUCED
+    assert OnlySupports(Greater(c, b)).evaluate(res).verdict == INCONCLUSIVE
+    either = AnyOf([Greater(c, b), Greater(a, c)])
+    assert either.evaluate(res).verdict == REPRODUCED
+    assert AnyOf([Greater(c, b), Greater(c, a)]).evaluate(res).verdict == NOT_REPRODUCED
+    assert " OR " in either.describe() and len(either.refs()) == 4
+
+
+def test_fewer_total():
+    a, b = M("collapsed", "UN"), M("collapsed", "UN-no-filter")
+    assert FewerTotal(a, b).evaluate(_resolver({a.key(): [0, 0, 0], b.key(): [0, 1, 0]})
+                                       ).verdict == REPRODUCED
+    assert FewerTotal(a, b).evaluate(_resolver({a.key(): [0, 0, 0], b.key(): [0, 0, 0]})
+                                       ).verdict == INCONCLUSIVE
+    assert FewerTotal(a, b).evaluate(_resolver({a.key(): [1, 0, 0], b.key(): [0, 0, 0]})
+                                       ).verdict == NOT_REPRODUCED

@@ -109,7 +109,9 @@ class Chapter:
             raise UnknownName(f"fidelity '{fid}' is not one of {ledger.FIDELITIES}")
         self.fidelity = fid
         self.device = runtime.device(device)
-        runtime.set_threads()
+        # $REPLIBOOK_THREADS wins; else a preset may ask for a thread count (chapters made of
+        # many tiny ops run faster on one thread than on two that keep synchronising)
+        runtime.set_threads(int(os.environ.get("REPLIBOOK_THREADS") or 0) or self.cfg.get("threads"))
         self.claims: list[Claim] = []
         self.deviations: list[str] = []
         self.data_sources: list[dict[str, Any]] = []

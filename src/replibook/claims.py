@@ -42,6 +42,7 @@ VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_ASSESSED)
 __all__ = [
     "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_ASSESSED", "VERDICTS",
     "M", "Outcome", "Predicate", "Greater", "Less", "Within", "AtLeast", "AtMost", "AllOf", "NotWorse",
+    "NotBelow", "OnlySupports", "AnyOf", "FewerTotal",
     "Check", "Claim", "standard_error_of_difference", "compare_means",
 ]
 
@@ -352,6 +353,107 @@ class AllOf(Predicate):
 
     def refs(self) -> list[M]:
         return [r for p in self.parts for r in p.refs()]
+
+
+@dataclass
+class NotBelow(Predicate):
+    """``mean(a) >= mean(b) - tol`` -> reproduced; ``mean(a) < mean(b) - fail_below`` ->
+    not reproduced; in between inconclusive (thresholds in the metric's units, fixed
+    before the run). For "a is on par with b" claims stated with a tolerance."""
+
+    a: M
+    b: M
+    tol: float
+    fail_below: float
+
+    def __post_init__(self) -> None:
+        if not self.fail_below >= self.tol >= 0:
+            raise ValueError("need 0 <= tol <= fail_below")
+
+    def evaluate(self, resolve: Resolver) -> Outcome:
+        a, b = _values(resolve(self.a)), _values(resolve(self.b))
+        diff = float(a.mean() - b.mean())
+        numbers = {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": diff,
+                   "tol": self.tol, "fail_below": self.fail_below}
+        if diff >= -self.tol:
+            return Outcome(REPRODUCED, numbers)
+        if diff < -self.fail_below:
+            return Outcome(NOT_REPRODUCED, numbers)
+        return Outcome(INCONCLUSIVE, numbers)
+
+    def describe(self) -> str:
+        return (f"mean({self.a}) >= mean({self.b}) - {self.tol:g} (reproduced), "
+                f"< mean({self.b}) - {self.fail_below:g} (not reproduced)")
+
+    def refs(self) -> list[M]:
+        return [self.a, self.b]
+
+
+@dataclass
+class OnlySupports(Predicate):
+    """A condition that can confirm a claim but not refute it: the part's
+    ``not reproduced`` becomes ``inconclusive``."""
+
+    part: Predicate
+
+    def evaluate(self, resolve: Resolver) -> Outcome:
+        out = self.part.evaluate(resolve)
+        verdict = INCONCLUSIVE if out.verdict == NOT_REPRODUCED else out.verdict
+        return Outcome(verdict, {**out.numbers, "part_verdict": out.verdict})
+
+    def describe(self) -> str:
+        return f"{self.part.describe()} [confirms only]"
+
+    def refs(self) -> list[M]:
+        return self.part.refs()
+
+
+@dataclass
+class AnyOf(Predicate):
+    """Disjunction: reproduced if any part is; not reproduced if every part is not."""
+
+    parts: Sequence[Predicate]
+
+    def evaluate(self, resolve: Resolver) -> Outcome:
+        outcomes = [p.evaluate(resolve) for p in self.parts]
+        verdicts = [o.verdict for o in outcomes]
+        if any(v == REPRODUCED for v in verdicts):
+            verdict = REPRODUCED
+        elif all(v == NOT_REPRODUCED for v in verdicts):
+            verdict = NOT_REPRODUCED
+        else:
+            verdict = INCONCLUSIVE
+        return Outcome(verdict, {"parts": [{"verdict": o.verdict, **o.numbers} for o in outcomes]})
+
+    def describe(self) -> str:
+        return " OR ".join(f"({p.describe()})" for p in self.parts)
+
+    def refs(self) -> list[M]:
+        return [r for p in self.parts for r in p.refs()]
+
+
+@dataclass
+class FewerTotal(Predicate):
+    """``sum(a) < sum(b)`` over seeds -> reproduced; ``>`` -> not reproduced; equal ->
+    inconclusive. For counts of events (e.g. collapsed runs, logged 0/1 per seed)."""
+
+    a: M
+    b: M
+
+    def evaluate(self, resolve: Resolver) -> Outcome:
+        a, b = _values(resolve(self.a)), _values(resolve(self.b))
+        numbers = {"total_a": float(a.sum()), "total_b": float(b.sum())}
+        if a.sum() < b.sum():
+            return Outcome(REPRODUCED, numbers)
+        if a.sum() > b.sum():
+            return Outcome(NOT_REPRODUCED, numbers)
+        return Outcome(INCONCLUSIVE, numbers)
+
+    def describe(self) -> str:
+        return f"sum({self.a}) < sum({self.b})"
+
+    def refs(self) -> list[M]:
+        return [self.a, self.b]
 
 
 @dataclass

@@ -448,3 +448,41 @@ def fashion_mnist(n_train: int | None = None, n_test: int | None = None, seed: i
     """
     return _idx_dataset("fashion_mnist", "FashionMNIST", "FashionMNIST", FASHION_MNIST_CLASSES,
                         root, n_train, n_test, seed, flatten, device, download)
+
+
+def cifar100(root: str | Path | None = None, n_train: int | None = None, n_test: int | None = None,
+             seed: int = 0, device=None, download: bool = False) -> Dataset:
+    """CIFAR-100 (fine labels) from torchvision's layout ``<root>/cifar-100-python/{train,test}``.
+
+    Full tier only. ``root`` defaults to ``$REPLIBOOK_DATA``; ``download=True`` lets
+    torchvision fetch it (machines with internet). ``n_train`` / ``n_test`` take the
+    first examples of a seeded permutation. Returns x ``(N, 3, 32, 32)`` float32 in
+    [0, 1], y ``(N,)`` int64 in 0..99.
+    """
+    base = Path(root) if root is not None else runtime.data_dir(required=False)
+    if base is None:
+        raise DatasetMissing("CIFAR-100: set REPLIBOOK_DATA to the folder holding "
+                             "cifar-100-python/ "
+                             "(torchvision layout), or pass root=")
+    folder = base / "cifar-100-python"
+    if not (folder / "train").is_file() and download:
+        import torchvision  # user machines only
+        torchvision.datasets.CIFAR100(str(base), train=True, download=True)
+    if not ((folder / "train").is_file() and (folder / "test").is_file()):
+        raise DatasetMissing(f"CIFAR-100 not found in {folder} (need train and test pickles); "
+                             "get it with "
+                             "`python -c 'import torchvision; torchvision.datasets.CIFAR100("
+                             "\"$REPLIBOOK_DATA\", download=True)'`")
+    gen = np.random.default_rng(seed)
+    splits = []
+    for name, n in (("train", n_train), ("test", n_test)):
+        x, y = _read_cifar_batch(folder / name)       # fine labels
+        if n is not None:
+            keep = gen.permutation(len(y))[:n]
+            x, y = x[keep], y[keep]
+        splits.append(Split(torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y)))
+    dev = device if isinstance(device, torch.device) else runtime.device(device)
+    return Dataset(splits[0].to(dev), splits[1].to(dev), name="cifar100", source="torchvision",
+                   classes=[str(i) for i in range(100)],
+                   info={"path": str(folder), "n_train": len(splits[0]), "n_test": len(splits[1]),
+                         "seed": seed})

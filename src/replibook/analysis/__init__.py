@@ -1,0 +1,8 @@
+"""Analysis helpers: what a trained network's parameters and activations look like.
+
+- `bn`: the affine parameters of normalization layers (BatchNorm's gamma and beta,
+  EvoNorm's gamma and v): values per layer, histograms of |gamma|, the fraction of
+  channels a layer has switched off (chapters 21, 28).
+
+Submodules are imported explicitly (``from replibook.analysis import bn``).
+"""
