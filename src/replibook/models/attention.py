@@ -55,6 +55,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import UnknownName
+from ..registry import Registry
 
 __all__ = [
     "SoftmaxAttention", "NystromAttention", "PerformerAttention", "LinformerAttention",
@@ -459,71 +460,38 @@ class AttentionEntry:
     aliases: tuple[str, ...] = ()
 
 
-_ATTN: dict[str, AttentionEntry] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def _key(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
-def _origin(factory: Callable) -> str:
-    target = factory.func if isinstance(factory, functools.partial) else factory
-    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+_REGISTRY: Registry[AttentionEntry] = Registry(
+    "attention", hint="Paper-specific attentions register themselves when their replibook.methods "
+                      "module is imported.")
 
 
 def register_attention(name: str, factory: Callable[..., nn.Module], *, aliases: Sequence[str] = (),
                        overwrite: bool = False) -> Callable[..., nn.Module]:
     """Register ``factory(dim, heads, **kw) -> module`` under ``name`` (and ``aliases``).
 
-    Same rules as ``models.norm.register``: names are case-insensitive with ``-`` equal
-    to ``_``; registering the same factory again (a reloaded methods module) replaces
-    the entry; a different factory under a taken name raises unless ``overwrite``.
+    Same rules as ``models.norm.register`` (`replibook.registry.Registry`): names are
+    case-insensitive with ``-`` equal to ``_``; registering the same factory again (a
+    reloaded methods module) replaces the entry; a different factory under a taken name
+    raises unless ``overwrite``.
     """
-    key = _key(name)
-    alias_keys = tuple(_key(a) for a in aliases)
-    for k in (key, *alias_keys):
-        owner = _ALIASES.get(k)
-        if owner is None or overwrite:
-            continue
-        if _origin(_ATTN[owner].factory) != _origin(factory) or (k == key and owner != key):
-            raise ValueError(f"attention name {k!r} is already registered to {owner!r} "
-                             f"({_origin(_ATTN[owner].factory)}); pass overwrite=True to "
-                             "replace it")
-    if key in _ATTN:
-        for k in [k for k, v in _ALIASES.items() if v == key]:
-            del _ALIASES[k]
-    _ATTN[key] = AttentionEntry(key, factory, alias_keys)
-    for k in (key, *alias_keys):
-        _ALIASES[k] = key
+    _REGISTRY.add(name, factory, aliases, overwrite=overwrite,
+                  make_entry=lambda key, alias_keys: AttentionEntry(key, factory, alias_keys))
     return factory
 
 
 def unregister_attention(name: str) -> None:
     """Remove a registered attention and its aliases."""
-    key = _ALIASES.get(_key(name))
-    if key is None:
-        known = ", ".join(available_attentions(True))
-        raise UnknownName(f"unknown attention {name!r}; known: {known}")
-    for k in [k for k, v in _ALIASES.items() if v == key]:
-        del _ALIASES[k]
-    del _ATTN[key]
+    _REGISTRY.remove(name)
 
 
 def available_attentions(with_aliases: bool = False) -> list[str]:
     """Registered attention names (canonical; plus aliases if asked)."""
-    return sorted(_ALIASES) if with_aliases else sorted(_ATTN)
+    return _REGISTRY.names(with_aliases)
 
 
 def attention_entry(name: str) -> AttentionEntry:
     """The registry entry for ``name`` (or an alias); ``UnknownName`` lists the known ones."""
-    key = _key(name)
-    if key not in _ALIASES:
-        known = ", ".join(available_attentions(True))
-        raise UnknownName(f"unknown attention {name!r}; known: {known}. "
-                          "Paper-specific attentions register themselves when their "
-                          "replibook.methods module is imported.")
-    return _ATTN[_ALIASES[key]]
+    return _REGISTRY.get(name)
 
 
 def _accepted(factory: Callable, names: Sequence[str]) -> set[str]:

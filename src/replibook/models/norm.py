@@ -38,7 +38,6 @@ factory must accept ``apply_act: bool`` (timm's convention): the model then call
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -47,6 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UnknownName
+from ..registry import Registry, registry_key as _key
 
 __all__ = [
     "LayerNorm", "layer_norm_reference", "BatchNorm", "BatchNormSeq", "GroupNorm", "InstanceNorm",
@@ -334,17 +334,8 @@ class NormEntry:
     doc: str = field(default="", repr=False)
 
 
-_NORMS: dict[str, NormEntry] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def _key(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
-def _origin(factory: Callable) -> str:
-    target = factory.func if isinstance(factory, functools.partial) else factory
-    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+_REGISTRY: Registry[NormEntry] = Registry(
+    "norm", hint="Paper-specific norms register themselves when their replibook.methods module is imported.")
 
 
 def register(name: str, factory: Callable[..., nn.Module], *, aliases: Sequence[str] = (),
@@ -357,48 +348,26 @@ def register(name: str, factory: Callable[..., nn.Module], *, aliases: Sequence[
     entry; a *different* factory under a taken name raises unless ``overwrite=True``.
     Returns ``factory`` so it can be used as a decorator via ``functools.partial``.
     """
-    key = _key(name)
-    alias_keys = tuple(_key(a) for a in aliases)
-    for k in (key, *alias_keys):
-        owner = _ALIASES.get(k)
-        if owner is None or overwrite:
-            continue
-        if _origin(_NORMS[owner].factory) != _origin(factory) or (k == key and owner != key):
-            raise ValueError(f"norm name {k!r} is already registered to {owner!r} "
-                             f"({_origin(_NORMS[owner].factory)}); pass overwrite=True to replace it")
-    if key in _NORMS:   # drop the old entry's aliases before re-adding
-        for k in [k for k, v in _ALIASES.items() if v == key]:
-            del _ALIASES[k]
-    _NORMS[key] = NormEntry(key, factory, alias_keys, includes_activation, channels_last,
-                            (getattr(factory, "__doc__", "") or "").strip().split("\n")[0])
-    for k in (key, *alias_keys):
-        _ALIASES[k] = key
+    doc = (getattr(factory, "__doc__", "") or "").strip().split("\n")[0]
+    _REGISTRY.add(name, factory, aliases, overwrite=overwrite,
+                  make_entry=lambda key, alias_keys: NormEntry(key, factory, alias_keys,
+                                                               includes_activation, channels_last, doc))
     return factory
 
 
 def unregister(name: str) -> None:
     """Remove a registered norm and its aliases (tests; replacing a layer in a notebook session)."""
-    key = _ALIASES.get(_key(name))
-    if key is None:
-        raise UnknownName(f"unknown norm {name!r}; known: {', '.join(available(with_aliases=True))}")
-    for k in [k for k, v in _ALIASES.items() if v == key]:
-        del _ALIASES[k]
-    del _NORMS[key]
+    _REGISTRY.remove(name)
 
 
 def available(with_aliases: bool = False) -> list[str]:
     """Registered norm names (canonical; plus aliases if asked)."""
-    return sorted(_ALIASES) if with_aliases else sorted(_NORMS)
+    return _REGISTRY.names(with_aliases)
 
 
 def norm_entry(name: str) -> NormEntry:
     """The registry entry for ``name`` (or an alias); ``UnknownName`` lists the known ones."""
-    key = _key(name)
-    if key not in _ALIASES:
-        raise UnknownName(f"unknown norm {name!r}; known: {', '.join(available(with_aliases=True))}. "
-                          "Paper-specific norms register themselves when their replibook.methods "
-                          "module is imported.")
-    return _NORMS[_ALIASES[key]]
+    return _REGISTRY.get(name)
 
 
 def _spec_entry(norm: Any) -> NormEntry | None:
