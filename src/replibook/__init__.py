@@ -16,6 +16,7 @@ _LAZY = {
     "Chapter": "chapter", "format_mean_std": "chapter",
     "M": "claims", "Greater": "claims", "Less": "claims", "Within": "claims", "AtLeast": "claims",
     "AtMost": "claims", "Check": "claims", "AllOf": "claims", "NotWorse": "claims",
+    "NotBelow": "claims", "AnyOf": "claims", "OnlySupports": "claims", "FewerTotal": "claims",
     "show": "listing",
 }
 __all__ = [*_LAZY, "__version__"]

