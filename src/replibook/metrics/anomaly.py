@@ -43,6 +43,20 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _scores_and_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 copies: equal length, no NaN score, binary 0/1 labels."""
+    s = _flat(scores, "scores").astype(np.float64)
+    y = _flat(labels, "labels")
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    y = y.astype(np.float64)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be binary (0/1 or bool)")
+    return s, y
+
+
 def auroc(scores: Any, labels: Any) -> float:
     """Area under the ROC curve of ``scores`` (higher = more positive) for binary ``labels``.
 
@@ -53,15 +67,7 @@ def auroc(scores: Any, labels: Any) -> float:
     Returns a float in [0, 1]: 1 if every positive outscores every negative, 0.5 for an
     uninformative score, ties counted one half. Raises if a class is missing.
     """
-    s = _flat(scores, "scores").astype(np.float64)
-    y = _flat(labels, "labels")
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
-    if np.isnan(s).any():
-        raise ValueError("scores contain NaN")
-    y = y.astype(np.float64)
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("labels must be binary (0/1 or bool)")
+    s, y = _scores_and_labels(scores, labels)
     pos = y == 1
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
@@ -100,13 +106,8 @@ def fpr_at_threshold(scores: Any, labels: Any, threshold: float) -> float:
     Used to check a working point set in advance (e.g. a chi-squared quantile for a
     target FPR) against the FPR it achieves on normal test data.
     """
-    s = _flat(scores, "scores").astype(np.float64)
-    y = _flat(labels, "labels")
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
-    if np.isnan(s).any():
-        raise ValueError("scores contain NaN")
-    neg = y.astype(np.float64) == 0
+    s, y = _scores_and_labels(scores, labels)
+    neg = y == 0
     if not neg.any():
         raise ValueError("fpr_at_threshold needs at least one negative (label 0)")
     return float((s[neg] > float(threshold)).mean())
