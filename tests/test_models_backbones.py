@@ -39,9 +39,10 @@ def test_head_level_equals_timm_forward_features(random_lite0):
     with torch.no_grad():
         ref = random_lite0.forward_features(x)
     torch.testing.assert_close(ours, ref)
-    # chunking does not change the result
+    # chunking does not change the result beyond float32 rounding: CPU conv kernels are
+    # chosen per batch size and sum in a different order (1.5e-5 seen on a clean CI run)
     chunked = B.stage_features(random_lite0, x, stages=[8], pooled=False, normalize=False, batch_size=1)[8]
-    torch.testing.assert_close(chunked, ref)
+    torch.testing.assert_close(chunked, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_normalisation_is_the_cards(random_lite0):
