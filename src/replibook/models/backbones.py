@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .. import runtime, zoo
 
 __all__ = ["LEVEL_NAMES", "LITE0", "load_lite0", "stage_features", "data_hash", "cached_features",
-           "lite0_features", "timm_features", "input_normalisation"]
+           "lite0_features", "timm_features", "input_normalisation", "teacher_outputs"]
 
 LEVEL_NAMES = ("stem", "block0", "block1", "block2", "block3", "block4", "block5", "block6", "head")
 LITE0 = "effnet_lite0_imagenet"
@@ -228,3 +228,61 @@ def _timm_version() -> str:
         return metadata.version("timm")
     except Exception:   # pragma: no cover - timm missing
         return "none"
+
+
+@torch.no_grad()
+def _teacher_forward(model: nn.Module, x: torch.Tensor, with_features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if with_features:
+        try:
+            out = model(x, return_features=True)
+            if isinstance(out, tuple) and len(out) == 2:
+                return out[0], out[1]
+        except TypeError:
+            pass
+        if hasattr(model, "features"):
+            return model(x), model.features(x)
+        raise ValueError(f"{type(model).__name__} exposes neither forward(x, return_features=True) nor "
+                         "features(x); call teacher_outputs(..., features=False)")
+    return model(x), None
+
+
+def teacher_outputs(name: str, x: torch.Tensor, cfg: Mapping[str, Any] | None = None, batch_size: int = 500,
+                    features: bool = True, pretrained: bool = True, device=None) -> dict[str, torch.Tensor]:
+    """Logits (and pooled features) of zoo model ``name`` on inputs ``x``, computed once and cached.
+
+    Distillation chapters call this for every seed and arm; the teacher runs only on a cache
+    miss. The entry's preprocessing (`zoo.preprocess`, without resizing) is applied here, so
+    ``x`` is what the chapter holds: images in [0, 1] ``(N, C, H, W)`` or signals. The cache
+    key is the entry name, its full config, the torch version and a hash of ``x``
+    (`cached_features`).
+
+    Returns ``{"logits": (N, K), "features": (N, D)}`` (no ``"features"`` when
+    ``features=False``) on ``x``'s device. The model must return ``(logits, features)`` from
+    ``forward(x, return_features=True)`` or provide ``features(x)``. ``pretrained=False`` (smoke
+    runs) uses the untrained architecture with torch's current random state and is not cached.
+    """
+    key = {"model": name, "config": zoo.config(name, cfg), "features": bool(features),
+           "torch": torch.__version__.split("+")[0]}
+
+    def compute(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = zoo.load(name, cfg, pretrained=pretrained, device=device)
+        dev = next(model.parameters()).device
+        logits, feats = [], []
+        for i in range(0, len(inputs), batch_size):
+            chunk = inputs[i:i + batch_size].to(dev)
+            if chunk.dim() == 4:
+                chunk = zoo.preprocess(name, chunk, resize=False)
+            lo, fe = _teacher_forward(model, chunk, features)
+            logits.append(lo.float().cpu())
+            if fe is not None:
+                feats.append(fe.float().flatten(1).cpu())
+        out = {"logits": torch.cat(logits)}
+        if features:
+            out["features"] = torch.cat(feats)
+        return out
+
+    if not pretrained:
+        return {k: v.to(x.device) for k, v in compute(x).items()}
+    out = cached_features(f"teacher-{name}", x, key, compute)
+    zoo._note_used(zoo.entry_record(name, zoo.config(name, cfg)))
+    return {k: v.to(x.device) for k, v in out.items()}
