@@ -13,3 +13,17 @@ os.environ.setdefault("REPLIBOOK_DEVICE", "cpu")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["REPLIBOOK_THREADS"]))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty REPLIBOOK_CACHE (zoo builds, features) and a clean record of used zoo entries."""
+    from replibook import zoo
+    monkeypatch.setenv("REPLIBOOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REPLIBOOK_DEVICE", "cpu")
+    zoo.reset_used()
+    yield tmp_path / "cache"
+    zoo.reset_used()

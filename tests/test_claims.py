@@ -164,3 +164,17 @@ def test_fewer_total():
                                        ).verdict == INCONCLUSIVE
     assert FewerTotal(a, b).evaluate(_resolver({a.key(): [1, 0, 0], b.key(): [0, 0, 0]})
                                        ).verdict == NOT_REPRODUCED
+
+
+def test_interval_above_reads_the_logged_interval_ends():
+    from replibook.claims import IntervalAbove
+    lo, hi = M("gain_lo", "ens"), M("gain_hi", "ens")
+    rule = IntervalAbove(lo, hi, threshold=0.0)
+    assert rule.evaluate(_resolver({lo.key(): [0.01], hi.key(): [0.05]})).verdict == REPRODUCED
+    assert rule.evaluate(_resolver({lo.key(): [-0.01], hi.key(): [0.05]})).verdict == INCONCLUSIVE
+    assert rule.evaluate(_resolver({lo.key(): [-0.05], hi.key(): [-0.01]})).verdict == NOT_REPRODUCED
+    # several seeds: the most pessimistic ends decide
+    assert rule.evaluate(_resolver({lo.key(): [0.02, -0.01], hi.key(): [0.05, 0.06]})).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError):
+        rule.evaluate(_resolver({lo.key(): [0.05], hi.key(): [0.01]}))
+    assert "above 0" in rule.describe()

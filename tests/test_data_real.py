@@ -210,3 +210,51 @@ def test_real_cifar10_mirror_subset():
     assert ds.train.x.shape == (100, 3, 32, 32)
     assert torch.bincount(ds.train.y, minlength=10).tolist() == [10] * 10
     assert 0.3 < float(ds.train.x.mean()) < 0.65                 # natural images, not blank
+
+
+# --------------------------------------------------------------------------- MVTec AD
+
+def _png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _fake_mvtec(root: Path, category: str = "bottle", n_train: int = 10) -> None:
+    """A tiny MVTec AD category in the release's layout (train/good, test/<defect>, ground_truth)."""
+    rng = np.random.default_rng(0)
+    cat = root / category
+    for i in range(n_train):
+        _png(cat / "train" / "good" / f"{i:03d}.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    for i in range(2):
+        _png(cat / "test" / "good" / f"{i:03d}.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+        _png(cat / "test" / "broken" / f"{i:03d}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
+        mask = np.zeros((20, 20), dtype=np.uint8)
+        mask[5:10, 5:10] = 255
+        _png(cat / "ground_truth" / "broken" / f"{i:03d}_mask.png", mask)
+
+
+def test_mvtec_ad_reader_on_fake_copy(tmp_path):
+    _fake_mvtec(tmp_path)
+    data = real.mvtec_ad(tmp_path, "bottle", size=16)
+    assert data["train"].shape == (10, 3, 16, 16)                            # fold=None: all of them
+    assert data["test"].shape == (4, 3, 16, 16) and data["labels"].tolist() == [1, 1, 0, 0]
+    assert set(torch.unique(data["masks"]).tolist()) <= {0.0, 1.0}
+    assert float(data["masks"][:2].sum()) > 0 and float(data["masks"][2:].sum()) == 0
+    frac = float(data["masks"][0].mean())
+    assert 0.03 < frac < 0.1                                                 # a 5x5 square of 20x20
+    assert 0.0 <= float(data["test"].min()) and float(data["test"].max()) <= 1.0
+    fold0 = real.mvtec_ad(tmp_path, "bottle", size=16, fold=0)["train"]
+    fold1 = real.mvtec_ad(tmp_path, "bottle", size=16, fold=1)["train"]
+    assert fold0.shape[0] == 8 and not torch.equal(fold0, fold1)             # 4 of 5 folds
+    with pytest.raises(DatasetMissing, match="MVTec AD"):
+        real.mvtec_ad(tmp_path, "cable", size=16)
+
+
+def test_mvtec_ad_root_defaults_to_replibook_data(tmp_path, monkeypatch):
+    _fake_mvtec(tmp_path / "mvtec_ad", "grid", n_train=5)
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    assert real.mvtec_ad(None, "grid", size=8)["train"].shape == (5, 3, 8, 8)
+    monkeypatch.delenv("REPLIBOOK_DATA")
+    with pytest.raises(DatasetMissing, match="REPLIBOOK_DATA"):
+        real.mvtec_ad(None, "grid", size=8)

@@ -151,3 +151,15 @@ def test_balanced_mse_equals_its_definition_and_grows_with_error():
     assert I.balanced_mse(p, t, var).item() == pytest.approx((torch.stack(terms).mean() * 2 * var).item(), rel=1e-5)
     assert I.balanced_mse(t, t, 0.1).item() < I.balanced_mse(t + 1.0, t, 0.1).item()
     assert math.isfinite(I.balanced_mse(p.view(-1, 1), t.view(-1, 1), torch.tensor(0.5)).item())
+
+
+def test_lds_weights_follow_the_dir_code_order_sqrt_then_smooth_then_invert():
+    edges = np.arange(0, 11)
+    y = torch.tensor([0.5] * 16 + [1.5] * 4 + [5.5] * 9)
+    k = I._kernel("gaussian", 3, 1.0)
+    counts = np.histogram(y.numpy(), bins=edges)[0].astype(float)
+    smooth = np.convolve(np.sqrt(counts), k, mode="same")
+    expected = 1.0 / smooth[np.searchsorted(edges, y.numpy(), side="right") - 1]
+    expected = expected * len(expected) / expected.sum()
+    got = I.lds_weights(y, edges, sigma=1.0, ks=3)
+    assert np.allclose(got.numpy(), expected, rtol=1e-6)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from replibook.errors import DatasetMissing
 from replibook.methods import gaussian_ad_pretrained_features as G
 
 
@@ -104,33 +103,15 @@ def test_ae_trains_and_scores():
     torch.testing.assert_close(G.ae_scores(again, x), per_image)          # seeded
 
 
-def _png(path, array):
-    from PIL import Image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
-def test_mvtec_reader_on_fake_copy(tmp_path):
-    rng = np.random.default_rng(0)
-    cat = tmp_path / "bottle"
-    for i in range(10):
-        _png(cat / "train" / "good" / f"{i:03d}.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
-    for i in range(2):
-        _png(cat / "test" / "good" / f"{i:03d}.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
-        _png(cat / "test" / "broken" / f"{i:03d}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
-        mask = np.zeros((20, 20), dtype=np.uint8)
-        mask[5:10, 5:10] = 255
-        _png(cat / "ground_truth" / "broken" / f"{i:03d}_mask.png", mask)
-    data = G.mvtec_category(tmp_path, "bottle", size=16, fold=0)
-    assert data["train"].shape == (8, 3, 16, 16)                             # 4 of 5 folds
-    assert data["test"].shape == (4, 3, 16, 16) and data["labels"].tolist() == [1, 1, 0, 0]
-    assert float(data["masks"][:2].sum()) > 0 and float(data["masks"][2:].sum()) == 0
-    assert 0.0 <= float(data["test"].min()) and float(data["test"].max()) <= 1.0
-    other = G.mvtec_category(tmp_path, "bottle", size=16, fold=1)["train"]
-    assert not torch.equal(other, data["train"])
-    assert G.mvtec_category(tmp_path, "bottle", size=16, fold=None)["train"].shape[0] == 10
-    with pytest.raises(DatasetMissing):
-        G.mvtec_category(tmp_path, "cable", size=16)
+def test_mvtec_category_uses_shared_reader_with_chapter_defaults(monkeypatch):
+    # the reader itself is tested in tests/test_data_real.py (fake MVTec AD copy)
+    calls = []
+    monkeypatch.setattr(G, "mvtec_ad", lambda *a, **k: calls.append((a, k)) or {"ok": True})
+    assert G.mvtec_category("/data/mvtec", "bottle") == {"ok": True}
+    assert calls[-1] == (("/data/mvtec", "bottle"), dict(size=380, fold=0, n_folds=5))
+    G.mvtec_category("/data/mvtec", "cable", size=16, fold=None)
+    assert calls[-1][1]["fold"] is None and calls[-1][1]["size"] == 16
+    assert "bottle" in G.MVTEC_CATEGORIES and len(G.MVTEC_CATEGORIES) == 15
 
 
 def test_fit_and_evaluate_variants():

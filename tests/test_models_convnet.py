@@ -71,3 +71,62 @@ def test_deterministic_and_digitscnn_untouched():
     assert torch.equal(a(x), b(x))
     logits, feats = DigitsCNN(image_size=16)(x, return_features=True)
     assert logits.shape == (2, 10) and feats.shape == (2, 32)
+
+
+# ---------------------------------------------------------------------------- NIN
+from replibook.models.convnets import NIN  # noqa: E402
+
+
+def test_nin_block_structure_kernels_and_pooling():
+    net = NIN(3, blocks=4, width=8)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 3), (1, 1), (1, 1)] * 4
+    assert all(c.bias is None for c in convs) and sum(isinstance(m, BatchNorm) for m in net.modules()) == 12
+    pools = [[type(m) for m in b if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))] for b in net.blocks]
+    assert pools == [[nn.MaxPool2d], [nn.MaxPool2d], [], []]          # pooling after blocks 1 and 2 only
+    assert net.widths == [8, 8, 8, 8] and net.out_dim == 8
+
+
+def test_nin_block_maps_shapes_features_and_logits():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 16, 16)
+    feats, maps = NIN(3, blocks=4, width=6)(x)
+    assert [tuple(m.shape) for m in maps] == [(5, 6, 8, 8), (5, 6, 4, 4), (5, 6, 4, 4), (5, 6, 4, 4)]
+    torch.testing.assert_close(feats, maps[-1].flatten(2).mean(-1))
+    net = NIN(3, blocks=3, width=6, num_classes=4, return_blocks=False).eval()
+    logits = net(x)
+    assert logits.shape == (5, 4)
+    with torch.no_grad():
+        first_two = net.block_maps(x, upto=2)
+        assert len(first_two) == 2
+        pooled = net.block_maps(x)[-1].flatten(2).mean(-1)
+        torch.testing.assert_close(logits, net.classifier(pooled))
+
+
+def test_nin_official_variant_and_head_without_pooling():
+    net = NIN(3, blocks=4, width=192, kernel=(5, 5, 3, 3), first_widths=(160, 96), pool="official")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs[::3]] == [5, 5, 3, 3]
+    assert [(c.in_channels, c.out_channels) for c in convs[:4]] == [(3, 192), (192, 160), (160, 96), (96, 192)]
+    assert isinstance(net.blocks[0][-1], nn.MaxPool2d) and isinstance(net.blocks[1][-1], nn.AvgPool2d)
+    _, maps = net(torch.randn(2, 3, 32, 32))
+    assert [m.shape[-1] for m in maps] == [16, 8, 8, 8] and maps[0].shape[1] == 96
+    head = NIN(6, blocks=1, width=4, pool_blocks=(), num_classes=10, return_blocks=False)
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in head.modules())
+    assert head(torch.randn(2, 6, 4, 4)).shape == (2, 10)
+
+
+def test_nin_gradients_and_bad_arguments():
+    net = NIN(1, blocks=2, width=4, norm="none", num_classes=3, return_blocks=False)
+    assert all(m.bias is not None for m in net.modules() if isinstance(m, nn.Conv2d))
+    net(torch.randn(3, 1, 8, 8)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    with pytest.raises(ValueError):
+        NIN(1, blocks=0)
+    with pytest.raises(ValueError):
+        NIN(1, blocks=2, kernel=(3, 3, 3))
+    with pytest.raises(ValueError):
+        NIN(1, blocks=2, kernel=2)
+    with pytest.raises(ValueError):
+        NIN(1, pool="mean")

@@ -148,3 +148,34 @@ def test_class_gaussians_shared_and_per_class():
     ref1 = LedoitWolf().fit(x[y == 1])
     np.testing.assert_allclose(per.mahalanobis(x[:5])[:, 1].numpy() ** 2, ref1.mahalanobis(x[:5]), rtol=1e-8)
     assert torch.equal(per.min_distance(x), per.mahalanobis(x).min(1).values)
+
+
+# ------------------------------------------------------------------ OnlineClassCov (ch. 10)
+from replibook.models.gaussian import OnlineClassCov  # noqa: E402
+
+
+def test_online_class_cov_equals_batch_estimate():
+    rng = np.random.default_rng(3)
+    n, d, c = 230, 5, 4
+    f = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + rng.normal(size=d) * 3
+    y = rng.integers(0, c - 1, size=n)              # class c-1 never appears
+    est = OnlineClassCov(c, d, dtype=torch.float64)
+    for lo in range(0, n, 37):                      # uneven batches, some classes missing per batch
+        est.update(torch.from_numpy(f[lo:lo + 37]), torch.from_numpy(y[lo:lo + 37]))
+    for k in range(c - 1):
+        fk = f[y == k]
+        np.testing.assert_allclose(est.mean[k].numpy(), fk.mean(0), atol=1e-10)
+        np.testing.assert_allclose(est.cov[k].numpy(), np.cov(fk.T, ddof=0), atol=1e-10)
+        assert est.amount[k].item() == len(fk)
+    assert est.amount[c - 1].item() == 0
+    assert torch.count_nonzero(est.cov[c - 1]) == 0 and torch.count_nonzero(est.mean[c - 1]) == 0
+
+
+def test_online_class_cov_gradient_reaches_only_current_batch():
+    est = OnlineClassCov(2, 3)
+    est.update(torch.randn(10, 3), torch.tensor([0, 1] * 5))
+    f = torch.randn(6, 3, requires_grad=True)
+    cov = est.update(f, torch.tensor([0, 0, 0, 1, 1, 1]))
+    cov.sum().backward()
+    assert f.grad is not None and torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
+    assert not est.cov.requires_grad and not est.mean.requires_grad

@@ -11,15 +11,6 @@ from replibook.errors import DatasetMissing, ReplibookError, UnknownName
 from replibook.models.resnet import ResNetCIFAR
 
 
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("REPLIBOOK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REPLIBOOK_DEVICE", "cpu")
-    zoo.reset_used()
-    yield tmp_path / "cache"
-    zoo.reset_used()
-
-
 # --------------------------------------------------------------------------- registry
 
 def test_registry_lists_the_entries_and_rejects_unknown_names():
@@ -281,3 +272,9 @@ def test_lite0_card_matches_the_loaded_model(lite0):
     assert c["params"] == sum(p.numel() for p in lite0.parameters())
     assert c["preprocess"]["size"] == 224 and c["source"] == zoo.REAL
     assert not lite0.training and not any(p.requires_grad for p in lite0.parameters())
+
+
+def test_discover_registers_entries_of_methods_modules():
+    names = zoo.discover()
+    assert "mae_vit_digits" in names and "mae_vit_digits_ft" in names
+    assert "MAE" in zoo.card("mae_vit_digits")["training"]

@@ -9,15 +9,6 @@ TINY = {"levels": [3, 3, 3, 2, 2, 3], "image_size": 16, "n_train": 1500, "n_test
         "feature_dim": 32, "steps": 150, "batch_size": 64, "lr": 3e-3}
 
 
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("REPLIBOOK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REPLIBOOK_DEVICE", "cpu")
-    zoo.reset_used()
-    yield tmp_path / "cache"
-    zoo.reset_used()
-
-
 def test_card_labels_a_stand_in_of_about_0_1m_parameters():
     c = zoo.card("probe_shapes3d")
     assert c["source"] == zoo.STAND_IN and "not the paper's model" in c["stand_in"]

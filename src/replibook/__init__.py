@@ -17,6 +17,7 @@ _LAZY = {
     "M": "claims", "Greater": "claims", "Less": "claims", "Within": "claims", "AtLeast": "claims",
     "AtMost": "claims", "Check": "claims", "AllOf": "claims", "NotWorse": "claims",
     "NotBelow": "claims", "AnyOf": "claims", "OnlySupports": "claims", "FewerTotal": "claims",
+    "IntervalAbove": "claims",
     "show": "listing",
 }
 __all__ = [*_LAZY, "__version__"]

@@ -42,7 +42,7 @@ VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_ASSESSED)
 __all__ = [
     "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_ASSESSED", "VERDICTS",
     "M", "Outcome", "Predicate", "Greater", "Less", "Within", "AtLeast", "AtMost", "AllOf", "NotWorse",
-    "NotBelow", "OnlySupports", "AnyOf", "FewerTotal",
+    "NotBelow", "OnlySupports", "AnyOf", "FewerTotal", "IntervalAbove",
     "Check", "Claim", "standard_error_of_difference", "compare_means",
 ]
 
@@ -294,6 +294,39 @@ class NotWorse(Predicate):
 
     def refs(self) -> list[M]:
         return [self.a, self.b]
+
+
+@dataclass
+class IntervalAbove(Predicate):
+    """A confidence interval computed by the chapter (e.g. a paired bootstrap over test images)
+    lies above ``threshold``: reproduced if ``lo > threshold``, not reproduced if
+    ``hi < threshold``, inconclusive if the interval contains it.
+
+    For effects measured once on a fixed test set (inference-only checks) rather than over
+    training seeds. ``lo`` and ``hi`` name the logged interval ends; with several seeds the
+    most pessimistic end decides (the smallest ``lo``, the largest ``hi``).
+    """
+
+    lo: M
+    hi: M
+    threshold: float = 0.0
+
+    def evaluate(self, resolve: Resolver) -> Outcome:
+        lo, hi = float(np.min(_values(resolve(self.lo)))), float(np.max(_values(resolve(self.hi))))
+        numbers = {"lo": lo, "hi": hi, "threshold": self.threshold}
+        if lo > hi:
+            raise ValueError(f"interval ends reversed: lo={lo} > hi={hi}")
+        if lo > self.threshold:
+            return Outcome(REPRODUCED, numbers)
+        if hi < self.threshold:
+            return Outcome(NOT_REPRODUCED, numbers)
+        return Outcome(INCONCLUSIVE, numbers)
+
+    def describe(self) -> str:
+        return f"interval [{self.lo}, {self.hi}] lies above {self.threshold:g}"
+
+    def refs(self) -> list[M]:
+        return [self.lo, self.hi]
 
 
 @dataclass

@@ -105,6 +105,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from . import zoo
+    zoo.discover()          # entries registered by chapters' methods modules
     if args.action == "list":
         for name in zoo.available():
             card = zoo.card(name)

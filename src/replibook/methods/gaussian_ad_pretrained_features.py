@@ -20,7 +20,7 @@ Shared pieces: `models.backbones` (Lite0 levels, feature cache), `models.gaussia
 (MVTec-like data), `models.vae.AE` (the from-scratch baseline), `metrics.anomaly`.
 This module holds the chapter's glue: data per category, level-wise fitting and
 scoring, the component sweep, the AE baseline, the contrast calibration and the MVTec
-AD reader of the `full` preset.
+AD split of the `full` preset (the reader itself is the shared `data.real.mvtec_ad`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import torch
 
 from ..data.procedural import Bundle
 from ..data.procedural import defect_textures
-from ..errors import DatasetMissing
+from ..data.real import MVTEC_CATEGORIES, mvtec_ad
 from ..models import backbones
 from ..models.gaussian import MVG, pca
 
@@ -44,8 +44,6 @@ __all__ = ["DISTANCES", "LEVELS", "VARIANTS", "category_data", "features", "fit_
 LEVELS = tuple(range(len(backbones.LEVEL_NAMES)))
 # distance name -> MVG covariance (and whether the official code divides by sqrt(D))
 DISTANCES = {"mahalanobis": ("ledoit-wolf", False), "sed": ("diag", True), "euclidean": ("identity", True)}
-MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-                    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
 
 
 def auroc(scores, labels) -> float:
@@ -314,47 +312,9 @@ def choose_contrast(table: Mapping[float, float], target: float = 0.97) -> float
 
 # ----------------------------------------------------------------------------- MVTec AD (full size)
 
-def _read_image(path: Path, size: int, mode: str) -> torch.Tensor:
-    from PIL import Image
-    with Image.open(path) as im:
-        im = im.convert(mode).resize((size, size), Image.BILINEAR if mode == "RGB" else Image.NEAREST)
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1) if arr.ndim == 3 else torch.from_numpy(arr)[None]
-
-
 def mvtec_category(root: str | Path, category: str, size: int = 380, fold: int | None = 0,
                    n_folds: int = 5) -> dict[str, torch.Tensor]:
-    """One MVTec AD category from its on-disk layout, as the official code splits it.
-
-    ``root/<category>/train/good/*.png`` (normal training images), ``test/<defect>/*.png``
-    (``good`` = normal) and ``ground_truth/<defect>/<name>_mask.png``. The normal training
-    images are split into ``n_folds`` folds (sklearn ``KFold(shuffle=True, random_state=0)``,
-    as the official ``FoldSplit``); fold ``fold`` is held out and the rest is the training
-    set (``fold=None``: all of them). Images are resized to ``size`` (RGB in [0, 1]).
-
-    Returns ``{"train": (N, 3, S, S), "test": (M, 3, S, S), "labels": (M,), "masks": (M, 1, S, S)}``.
-    """
-    folder = Path(root).expanduser() / category
-    if not (folder / "train" / "good").is_dir():
-        raise DatasetMissing(f"MVTec AD category {category!r} not found under {Path(root).expanduser()} "
-                             f"(expected {folder}/train/good/). Download MVTec AD from "
-                             "https://www.mvtec.com/company/research/datasets/mvtec-ad (free for "
-                             "research, registration required), extract it and pass its folder "
-                             "(e.g. $REPLIBOOK_DATA/mvtec_ad)")
-    train_files = sorted((folder / "train" / "good").glob("*.png"))
-    if fold is not None:
-        from sklearn.model_selection import KFold
-        splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=0).split(np.zeros(len(train_files))))
-        train_files = [train_files[i] for i in splits[fold][0]]
-    train = torch.stack([_read_image(p, size, "RGB") for p in train_files])
-    images, labels, masks = [], [], []
-    for defect_dir in sorted(p for p in (folder / "test").iterdir() if p.is_dir()):
-        for path in sorted(defect_dir.glob("*.png")):
-            images.append(_read_image(path, size, "RGB"))
-            normal = defect_dir.name == "good"
-            labels.append(0 if normal else 1)
-            mask_path = folder / "ground_truth" / defect_dir.name / f"{path.stem}_mask.png"
-            masks.append(torch.zeros(1, size, size) if normal or not mask_path.exists()
-                         else (_read_image(mask_path, size, "L") > 0.5).float())
-    return {"train": train, "test": torch.stack(images), "labels": torch.tensor(labels),
-            "masks": torch.stack(masks)}
+    """One MVTec AD category, split as the official code does: the shared reader
+    `replibook.data.real.mvtec_ad` with this chapter's defaults (380 px, fold 0 of 5 held out;
+    ``fold=None`` keeps all normal training images)."""
+    return mvtec_ad(root, category, size=size, fold=fold, n_folds=n_folds)

@@ -56,7 +56,6 @@ __all__ = [
     "random_crops", "TokenTask", "load_token_data", "make_token_model", "task_logits",
     "un_modules", "train_token_model", "latency", "collapsed", "arm_norms", "COLOURS",
     "results_table",
-    "NotBelow", "OnlySupports", "AnyOf", "FewerTotal",
     "plot_loss_panels", "plot_fluctuation", "plot_latency",
 ]
 

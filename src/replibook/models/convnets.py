@@ -6,17 +6,20 @@
   max-pool 2, the width doubling at each stage, then a global average pool to a
   feature vector of ``out_dim = width * 2**(blocks - 1)``. It is a feature extractor
   (no classifier): chapters put a head from `replibook.models.heads` on top.
+- `NIN`: a Network-in-Network (Lin et al. 2014) feature extractor as RotNet (Gidaris et
+  al. 2018) uses it: blocks of conv kxk + conv1x1 + conv1x1, each BN + ReLU, pooling
+  after the first two blocks, every block's map available for block-wise probes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .norm import make_norm
 
-__all__ = ["DigitsCNN", "ConvNet"]
+__all__ = ["DigitsCNN", "ConvNet", "NIN"]
 
 
 class DigitsCNN(nn.Module):
@@ -115,3 +118,90 @@ class ConvNet(nn.Module):
             maps.append(x)
         features = x.flatten(2).mean(-1)               # global average pool: (B, out_dim)
         return (features, maps) if self.return_blocks else features
+
+
+class NIN(nn.Module):
+    """Network-in-Network blocks with per-block outputs (RotNet's backbone, simplified).
+
+    Block ``i`` (0-based)::
+
+        conv kxk (k = kernel[i]) -> norm -> ReLU -> conv1x1 -> norm -> ReLU
+        -> conv1x1 -> norm -> ReLU [-> pool 2x2 stride 2, only after blocks 0 and 1]
+
+    All blocks have ``width`` channels (the official CIFAR NIN uses 192, with 160/96 in the
+    1x1 convs of block 0; ``first_widths`` sets those). The paper's network pools 3x3 with
+    stride 2 (max after block 1, average after block 2); here ``pool="max"|"avg"|"official"``
+    picks 2x2 max pooling for both, 2x2 average for both, or the official max/avg pair with
+    3x3 windows (stride 2, padding 1: 32 -> 16 -> 8 px). ``pool_blocks`` (0-based) says which blocks pool
+    (default the first two; ``()`` for a single-block conv head on a feature map).
+
+    ``forward`` returns ``(features, [block maps])`` when ``return_blocks`` (the default:
+    block-wise probes are what this net is for), else the features: the global average
+    pool of the last block ``(B, width)``. Block maps are taken *after* the block's pooling,
+    as in the official code's feature taps (``conv1`` .. ``conv4``).
+
+    Args:
+        in_ch: input channels.
+        blocks: number of NIN blocks (>= 1).
+        width: channels of every conv (except ``first_widths``).
+        kernel: spatial kernel of each block's first conv, an int or a per-block sequence
+            (official CIFAR NIN: 5, 5, 3, 3, ...).
+        first_widths: ``(c_1x1_a, c_1x1_b)`` channels of block 0's 1x1 convs (None: width).
+        norm: any `replibook.models.norm` name; convs followed by a norm have no bias.
+        pool: ``"max"``, ``"avg"`` or ``"official"`` (see above).
+        pool_blocks: 0-based indices of the blocks followed by pooling.
+        num_classes: if given, a linear classifier on the pooled features is added and
+            ``forward`` returns logits in place of the features (the pretext head).
+    """
+
+    def __init__(self, in_ch: int, blocks: int = 4, width: int = 32, kernel: int | Sequence[int] = 3,
+                 first_widths: tuple[int, int] | None = None,
+                 norm: str | Callable[..., nn.Module] | None = "bn", pool: str = "max",
+                 num_classes: int | None = None, return_blocks: bool = True,
+                 pool_blocks: Sequence[int] = (0, 1)):
+        super().__init__()
+        if blocks < 1:
+            raise ValueError(f"NIN needs at least one block, got {blocks}")
+        if pool not in ("max", "avg", "official"):
+            raise ValueError(f"pool must be 'max', 'avg' or 'official', got {pool!r}")
+        kernels = [kernel] * blocks if isinstance(kernel, int) else list(kernel)
+        if len(kernels) != blocks or any(k < 1 or k % 2 == 0 for k in kernels):
+            raise ValueError(f"kernel must be an odd int or {blocks} odd ints, got {kernel!r}")
+        has_norm = not (norm is None or (isinstance(norm, str) and norm.lower() in ("none", "identity")))
+
+        def unit(c_in: int, c_out: int, k: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=not has_norm), make_norm(norm, c_out), nn.ReLU()]
+
+        stages, c_in = [], in_ch
+        self.widths = []
+        for i in range(blocks):
+            c_a, c_b = first_widths if (i == 0 and first_widths is not None) else (width, width)
+            layers = unit(c_in, width, kernels[i]) + unit(width, c_a, 1) + unit(c_a, c_b, 1)
+            if i in tuple(pool_blocks):
+                if pool == "official":
+                    cls = nn.MaxPool2d if i == 0 else nn.AvgPool2d
+                    layers.append(cls(3, stride=2, padding=1))
+                else:
+                    layers.append((nn.MaxPool2d if pool == "max" else nn.AvgPool2d)(2, ceil_mode=True))
+            stages.append(nn.Sequential(*layers))
+            self.widths.append(c_b)
+            c_in = c_b
+        self.blocks = nn.ModuleList(stages)
+        self.out_dim = self.widths[-1]
+        self.return_blocks = return_blocks
+        self.classifier = nn.Linear(self.out_dim, num_classes) if num_classes is not None else None
+
+    def block_maps(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """The maps of blocks ``1..upto`` (1-based; None: all), computing no further block."""
+        maps = []
+        for block in self.blocks[: len(self.blocks) if upto is None else upto]:
+            x = block(x)
+            maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor):
+        maps = self.block_maps(x)
+        out = maps[-1].flatten(2).mean(-1)             # global average pool: (B, out_dim)
+        if self.classifier is not None:
+            out = self.classifier(out)
+        return (out, maps) if self.return_blocks else out

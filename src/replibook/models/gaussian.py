@@ -309,3 +309,55 @@ class ClassGaussians:
     def min_distance(self, x) -> torch.Tensor:
         """Distance to the nearest class Gaussian ``(N,)`` (an OOD score)."""
         return self.mahalanobis(x).min(1).values
+
+
+class OnlineClassCov:
+    r"""Running per-class means and covariances of streamed features (ISDA-style update).
+
+    The estimator of implicit semantic data augmentation (ISDA, Wang et al. 2019) that
+    SF(DA)^2 uses for its implicit feature augmentation. A batch with :math:`n_c` samples of
+    class :math:`c`, batch mean :math:`\bar f_c` and biased batch covariance :math:`S_c` is merged
+    into the running :math:`(N_c, \mu_c, \Sigma_c)` with :math:`w = n_c / (n_c + N_c)`:
+
+    .. math:: \Sigma_c \leftarrow (1 - w)\Sigma_c + w S_c + w(1 - w)(\mu_c - \bar f_c)(\mu_c - \bar f_c)^\top,
+              \quad \mu_c \leftarrow (1 - w)\mu_c + w \bar f_c, \quad N_c \leftarrow N_c + n_c,
+
+    which is exactly the biased (``ddof=0``) covariance of all samples of class :math:`c`
+    seen so far (a test checks this against the batch estimate). Classes absent from a batch
+    are unchanged.
+
+    `update` returns the new covariances **with** the autograd graph of the current batch
+    (the old state enters detached), as in SF(DA)^2's ``update_CV``, so losses on the
+    covariances (IFA, FD) back-propagate into the batch's features; the stored state is
+    detached.
+
+    Attributes: ``amount`` (C,), ``mean`` (C, D), ``cov`` (C, D, D).
+    """
+
+    def __init__(self, num_classes: int, dim: int, device=None, dtype=torch.float32) -> None:
+        self.num_classes, self.dim = int(num_classes), int(dim)
+        self.amount = torch.zeros(num_classes, device=device, dtype=dtype)
+        self.mean = torch.zeros(num_classes, dim, device=device, dtype=dtype)
+        self.cov = torch.zeros(num_classes, dim, dim, device=device, dtype=dtype)
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Merge a batch ``features`` (N, D) with integer ``labels`` (N,); returns ``cov`` (C, D, D)."""
+        f = features.to(self.cov.dtype)
+        onehot = torch.nn.functional.one_hot(labels.long(), self.num_classes).to(f)      # (N, C)
+        n_c = onehot.sum(0)                                                               # (C,)
+        denom = n_c.clamp_min(1.0)
+        batch_mean = (onehot.t() @ f) / denom[:, None]                                    # (C, D)
+        centred = (f[:, None, :] - batch_mean[None]) * onehot[:, :, None]                # (N, C, D)
+        batch_cov = torch.einsum("ncd,nce->cde", centred, centred) / denom[:, None, None]
+        total = n_c + self.amount
+        w = torch.where(total > 0, n_c / total.clamp_min(1e-12), torch.zeros_like(n_c))  # (C,)
+        diff = self.mean - batch_mean                                                     # (C, D)
+        extra = (w * (1 - w))[:, None, None] * diff[:, :, None] * diff[:, None, :]
+        cov = (1 - w)[:, None, None] * self.cov + w[:, None, None] * batch_cov + extra
+        self.mean = ((1 - w)[:, None] * self.mean + w[:, None] * batch_mean).detach()
+        self.amount = total.detach()
+        self.cov = cov.detach()
+        return cov
+
+
+__all__ += ["OnlineClassCov"]

@@ -15,7 +15,7 @@ spin against torch's).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import functools
 
@@ -26,7 +26,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-__all__ = ["as_numpy", "standardize", "linear", "logreg_auroc", "ridge", "knn"]
+__all__ = ["as_numpy", "standardize", "linear", "linear_head", "logreg_auroc", "ridge", "knn", "mlp", "balanced_subset",
+           "label_efficiency"]
 
 
 def _one_blas_thread(fn):
@@ -123,3 +124,131 @@ def knn(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, k: int = 20, metric: str = "
     ytr, yte = _labels(y_tr), _labels(y_te)
     clf = KNeighborsClassifier(n_neighbors=min(k, len(ytr)), metric=metric).fit(tr, ytr)
     return {"acc": float((clf.predict(te) == yte).mean())}
+
+
+def mlp(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, hidden: Sequence[int] = (200, 200), norm: str = "bn",
+        steps: int = 100, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0,
+        seed: int = 0, device=None) -> dict[str, Any]:
+    """A non-linear probe: an MLP (Linear -> norm -> ReLU per hidden layer, then Linear) on
+    standardised frozen features, trained with Adam for a fixed ``steps`` budget.
+
+    The default is RotNet's non-linear head (Gidaris et al. 2018: two hidden layers of 200
+    units with batch norm). Unlike the sklearn-backed probes it runs in torch (on ``device``,
+    default the features' device when they are tensors, else the CPU) and is seeded.
+
+    Returns ``{"acc": test accuracy, "train_acc": ..., "model": the trained head (eval mode),
+    "predict": features -> predicted labels (standardised with the train statistics)}``.
+    """
+    import torch
+    from ..models.heads import MLPHead
+    from .fit import fit
+
+    dev = torch.device(device) if device is not None else (f_tr.device if hasattr(f_tr, "device") else torch.device("cpu"))
+
+    def tensor(f: Any) -> torch.Tensor:      # stays on the device when it is one (no host round trip)
+        t = f.detach() if hasattr(f, "detach") else torch.as_tensor(np.asarray(f))
+        return t.to(dev, torch.float32)
+
+    xtr = tensor(f_tr)
+    if xtr.ndim != 2:
+        raise ValueError(f"features must be (N, D), got {tuple(xtr.shape)}")
+    t64 = xtr.double()
+    mean_t, std_t = t64.mean(0), t64.std(0, unbiased=False)        # the training split's statistics
+    std_t[std_t == 0] = 1.0
+    mean_t, std_t = mean_t.float(), std_t.float()
+
+    def prep(f: Any) -> torch.Tensor:
+        t = tensor(f)
+        if t.ndim != 2 or t.shape[1] != len(mean_t):
+            raise ValueError(f"features must be (N, {len(mean_t)}), got {tuple(t.shape)}")
+        return (t - mean_t) / std_t
+
+    ytr = torch.as_tensor(_labels(y_tr), device=dev)
+    yte = _labels(y_te)
+    n_classes = int(max(ytr.max().item(), yte.max(initial=0)) + 1)
+    torch.manual_seed(seed)
+    head = MLPHead(len(mean_t), n_classes, hidden=tuple(hidden), norm=norm)
+    fit(head, (prep(f_tr), ytr), steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+        device=dev, progress=False)
+    head.eval()
+
+    @torch.no_grad()
+    def predict(f: Any) -> np.ndarray:
+        return head(prep(f)).argmax(1).cpu().numpy()
+
+    return {"acc": float((predict(f_te) == yte).mean()),
+            "train_acc": float((predict(f_tr) == ytr.cpu().numpy()).mean()),
+            "model": head, "predict": predict}
+
+
+def balanced_subset(y: Any, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``per_class`` examples of every class (fewer if a class has fewer), drawn
+    without replacement with a seeded generator, in increasing order."""
+    labels = _labels(y)
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+def label_efficiency(make_model: Callable[[], Any], x_tr: Any, y_tr: Any, x_te: Any, y_te: Any,
+                     labels_per_class: Sequence[int], *, steps: int = 80, batch_size: int = 64,
+                     lr: float = 1e-3, weight_decay: float = 0.0, opt: str = "adam", seed: int = 0,
+                     device=None, progress: bool = False) -> dict[int, float]:
+    """Test accuracy after fine-tuning a model on ``n`` labelled examples per class, for each ``n``.
+
+    ``make_model()`` returns the initial classifier (logits out), e.g. a copy of a pretrained
+    backbone with a new linear layer, or a freshly initialised one; it is called once per
+    ``n`` and the model it returns is trained in place (all parameters that require grad) with
+    `replibook.train.fit` for ``steps`` updates. The labelled subset is `balanced_subset` with
+    ``seed`` (nested sets are not guaranteed); comparing two inits with the same ``seed`` gives
+    them the same labelled images and the same minibatch order.
+
+    Returns ``{n: test accuracy}``.
+    """
+    import torch
+    from .fit import fit
+
+    ytr_np = _labels(y_tr)
+    out: dict[int, float] = {}
+    for n in labels_per_class:
+        idx = torch.as_tensor(balanced_subset(ytr_np, int(n), seed))
+        model = make_model()
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        xs = torch.as_tensor(x_tr)[idx.to(torch.as_tensor(x_tr).device)]
+        ys = torch.as_tensor(ytr_np[idx.numpy()])
+        fit(model, (xs, ys), steps=steps, batch_size=batch_size, lr=lr, opt=opt, weight_decay=weight_decay,
+            seed=seed, device=dev, progress=progress, desc=f"fine-tune, {n}/class")
+        model.eval()
+        with torch.no_grad():
+            xt = torch.as_tensor(x_te).to(dev)
+            pred = torch.cat([model(xt[i:i + 500]).argmax(1) for i in range(0, len(xt), 500)]).cpu().numpy()
+        out[int(n)] = float((pred == _labels(y_te)).mean())
+    return out
+
+
+def linear_head(probe: dict[str, Any], f_tr: Any):
+    """The fitted `linear` probe as a ``torch.nn.Linear`` on *raw* features (standardisation folded in).
+
+    ``probe`` is `linear`'s result and ``f_tr`` the training features it was fitted on (their mean
+    and std define the standardisation). ``head(f).argmax(1)`` equals the probe's prediction. Used to
+    start fine-tuning from the probe (LP-FT, Kumar et al. 2022) instead of a random head.
+    """
+    import torch
+
+    clf = probe["model"]
+    tr = as_numpy(f_tr).astype(np.float64)
+    mean, std = tr.mean(0), tr.std(0)
+    std[std == 0] = 1.0
+    coef = np.atleast_2d(clf.coef_)
+    if coef.shape[0] == 1:          # sklearn's binary case: one row for class 1
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
+    else:
+        intercept = clf.intercept_
+    w = coef / std
+    b = intercept - w @ mean
+    head = torch.nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
+        head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+    return head

@@ -199,13 +199,14 @@ def moco_pretrain(encoder: nn.Module, projector: nn.Module, x: torch.Tensor, *, 
       ``k'``, ``queue'``) with the positive at index 0, not re-normalised;
 
     and finally the ORIGINAL keys ``k`` are enqueued (the official FT trainer enqueues the
-    un-mixed keys). Augmentation and transform draws come from a generator seeded with
-    ``seed``, so a CPU run is reproducible.
+    un-mixed keys). Augmentation and transform draws come from two generators seeded with
+    ``seed``, so a CPU run is reproducible and runs with different hooks (or none) see the
+    same minibatches and the same augmented views.
 
     ``eval_x``: a fixed batch of images; every ``eval_every`` updates its two views (the same
     augmentation draw each time) are encoded in eval mode and the un-transformed score
     statistics against the current queue go into ``history.metrics`` (``pos``,
-    ``neg_mean``, ``neg_var``).
+    ``neg_mean``, ``neg_var``, and the plain InfoNCE ``loss``).
     """
     if batch_size > queue_size:
         raise ValueError(f"batch_size ({batch_size}) must not exceed queue_size ({queue_size})")
@@ -218,6 +219,7 @@ def moco_pretrain(encoder: nn.Module, projector: nn.Module, x: torch.Tensor, *, 
         p.requires_grad_(False)
     key_model.train()
     gen = torch.Generator().manual_seed(seed + 7919)
+    gen_ft = torch.Generator().manual_seed(seed + 15485863)   # its own stream: views match across hooks
     with torch.no_grad():
         dim = model(x[:2].to(dev)).shape[1]
     queue = MoCoQueue(dim, queue_size, generator=torch.Generator().manual_seed(seed + 31), device=dev)
@@ -239,7 +241,7 @@ def moco_pretrain(encoder: nn.Module, projector: nn.Module, x: torch.Tensor, *, 
             row = _score_row(q, k, neg)
             rows.append(row + row)
         else:
-            q2, k2, neg2 = feature_transform(q, k, neg, generator=gen)
+            q2, k2, neg2 = feature_transform(q, k, neg, generator=gen_ft)
             logits = moco_logits(q2, k2, neg2, tau)
             loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
             rows.append(_score_row(q, k, neg) + _score_row(q2, k2, neg2))
@@ -252,13 +254,15 @@ def moco_pretrain(encoder: nn.Module, projector: nn.Module, x: torch.Tensor, *, 
         g_eval = torch.Generator().manual_seed(seed + 104729)
         ev_q, ev_k = aug(ev, g_eval), aug(ev, g_eval)
 
-        def eval_fn(m: MoCoModel) -> dict[str, float]:
+        def held_out_scores(m: MoCoModel) -> dict[str, float]:
             key_model.eval()
             q = F.normalize(m(ev_q).float(), dim=1)
             k = F.normalize(key_model(ev_k).float(), dim=1)
             key_model.train()
             pos, nm, nv = _score_row(q, k, queue.keys)
-            return {"pos": float(pos), "neg_mean": float(nm), "neg_var": float(nv)}
+            return {"pos": float(pos), "neg_mean": float(nm), "neg_var": float(nv),
+                    "loss": float(info_nce(q, k, queue.keys, tau))}
+        eval_fn = held_out_scores
 
     history = fit(model, (x,), steps=steps, batch_size=batch_size, lr=lr, opt=opt, weight_decay=weight_decay,
                   loss_fn=loss_fn, schedule=schedule, eval_fn=eval_fn, eval_every=eval_every if eval_fn else None,

@@ -119,3 +119,4 @@ def all_factor_combinations(levels: Sequence[int]) -> np.ndarray:
     """Every combination of the grid, in C order (last factor fastest): (prod(levels), F)."""
     grids = np.meshgrid(*[np.arange(int(k)) for k in levels], indexing="ij")
     return np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
+from . import latent_features  # noqa: E402,F401

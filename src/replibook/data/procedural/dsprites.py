@@ -34,11 +34,26 @@ Factor values (level ``i`` of ``k``):
 
 Deterministic given ``seed`` (factor combinations come from
 :func:`~replibook.data.procedural.sample_factor_grid` with a private NumPy generator).
+
+**Regression targets with a chosen label distribution** (``label_sampler=``): deep
+imbalanced regression needs one continuous factor (the *label*) drawn from a long-tailed
+density while the nuisances stay uniform. ``make(..., label_sampler=p, label_factor=
+"orientation")`` draws the label factor's level indices from ``p`` (a probability vector
+over its levels, e.g. :func:`exponential_density`, or a callable ``(n, rng) -> indices``),
+every other factor independently and uniformly (with replacement), and returns the label's
+continuous value as ``Bundle.y``. With ``levels[2] = 360`` the orientation level index is
+the angle in whole degrees, e.g. ``p(y) ~ exp(-y / 15)`` on ``y in {0, ..., 89}``::
+
+    p = dsprites.exponential_density(360, decay=15, support=90)
+    b = dsprites.make(3000, seed=0, levels=(1, 6, 360, 8, 8), shapes=("arrow",), label_sampler=p)
+    degrees = b.factors[:, 2]          # b.y holds the same angle in radians
+
+Without ``label_sampler`` the generator behaves exactly as before (same draws, ``y=None``).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -46,7 +61,8 @@ import torch.nn.functional as F
 
 from . import Bundle, sample_factor_grid
 
-__all__ = ["make", "render", "factor_values", "SHAPES", "FACTOR_NAMES", "R_MAX", "DEFAULT_LEVELS"]
+__all__ = ["make", "render", "factor_values", "sample_factors", "exponential_density", "uniform_density",
+           "SHAPES", "FACTOR_NAMES", "R_MAX", "DEFAULT_LEVELS"]
 
 FACTOR_NAMES = ["shape", "scale", "orientation", "pos_x", "pos_y"]
 DEFAULT_LEVELS = (3, 6, 10, 8, 8)
@@ -178,22 +194,102 @@ def render(factors: torch.Tensor | np.ndarray, size: int = 32,
     return out[torch.as_tensor(inverse.reshape(-1), device=dev)]
 
 
+#: a label sampler: probabilities over the label factor's levels, or ``(n, rng) -> level indices``
+LabelSampler = Union[Sequence[float], np.ndarray, Callable[[int, np.random.Generator], np.ndarray]]
+
+
+def exponential_density(k: int, decay: float, support: int | None = None) -> np.ndarray:
+    """Probabilities ``p_i ~ exp(-i / decay)`` over level indices ``i < support`` (default all
+    ``k`` levels), 0 beyond: a long-tailed label density for :func:`make`'s ``label_sampler``."""
+    support = k if support is None else int(support)
+    if not 0 < support <= k:
+        raise ValueError(f"support must lie in [1, k={k}], got {support}")
+    if decay <= 0:
+        raise ValueError(f"decay must be > 0, got {decay}")
+    p = np.zeros(k)
+    p[:support] = np.exp(-np.arange(support) / decay)
+    return p / p.sum()
+
+
+def uniform_density(k: int, support: int | None = None) -> np.ndarray:
+    """Uniform probabilities over level indices ``i < support`` (default all ``k``), 0 beyond."""
+    support = k if support is None else int(support)
+    if not 0 < support <= k:
+        raise ValueError(f"support must lie in [1, k={k}], got {support}")
+    p = np.zeros(k)
+    p[:support] = 1.0 / support
+    return p
+
+
+def _label_column(name: str | int) -> int:
+    if isinstance(name, str):
+        if name not in FACTOR_NAMES:
+            raise ValueError(f"unknown label_factor {name!r}; known: {FACTOR_NAMES}")
+        return FACTOR_NAMES.index(name)
+    if not 0 <= int(name) < len(FACTOR_NAMES):
+        raise ValueError(f"label_factor index {name} out of range")
+    return int(name)
+
+
+def sample_factors(n: int, levels: Sequence[int], rng: np.random.Generator,
+                   label_sampler: LabelSampler | None = None,
+                   label_factor: str | int = "orientation") -> np.ndarray:
+    """Factor level indices (n, 5): uniform over the grid when ``label_sampler`` is None
+    (:func:`~replibook.data.procedural.sample_factor_grid`); otherwise the ``label_factor``
+    column from ``label_sampler`` and every other column uniform, independent, with replacement."""
+    levels = [int(k) for k in levels]
+    if label_sampler is None:
+        return sample_factor_grid(n, levels, rng)
+    col = _label_column(label_factor)
+    k = levels[col]
+    if callable(label_sampler):
+        lab = np.asarray(label_sampler(n, rng), dtype=np.int64).reshape(-1)
+        if lab.shape != (n,):
+            raise ValueError(f"label_sampler returned {lab.shape[0]} indices for n={n}")
+        if (lab < 0).any() or (lab >= k).any():
+            raise ValueError(f"label_sampler returned indices outside [0, {k})")
+    else:
+        p = np.asarray(label_sampler, dtype=float).reshape(-1)
+        if p.shape != (k,):
+            raise ValueError(f"label_sampler probabilities need {k} entries (levels of "
+                             f"{FACTOR_NAMES[col]}), got {p.shape[0]}")
+        if (p < 0).any() or p.sum() <= 0:
+            raise ValueError("label_sampler probabilities must be >= 0 with a positive sum")
+        lab = rng.choice(k, size=n, p=p / p.sum())
+    fac = np.stack([rng.integers(0, m, size=n) for m in levels], axis=1).astype(np.int64)
+    fac[:, col] = lab
+    return fac
+
+
 def make(n: int, seed: int = 0, size: int = 32, levels: Sequence[int] = DEFAULT_LEVELS,
          shapes: Sequence[str] = ("square", "ellipse", "heart"),
-         device: torch.device | str | None = None) -> Bundle:
+         device: torch.device | str | None = None,
+         label_sampler: LabelSampler | None = None,
+         label_factor: str | int = "orientation") -> Bundle:
     """``n`` sprites with factors drawn uniformly from the grid ``levels`` (see module doc).
 
     Returns a `Bundle` with ``x`` (n, 1, size, size) in [0, 1], ``factors`` (n, 5) level
     indices in the order :data:`FACTOR_NAMES`, and ``extra["values"]`` (n, 5) the continuous
     factor values of :func:`factor_values`.
+
+    ``label_sampler`` (probabilities over the levels of ``label_factor``, or a callable
+    ``(n, rng) -> level indices``) turns the set into a regression task with that label
+    distribution: the other factors are then drawn independently and uniformly (with
+    replacement) and ``Bundle.y`` is the label factor's continuous value (float32; radians
+    for the orientation). Without it nothing changes (same draws as before, ``y=None``).
     """
     levels = _check(size, levels, shapes)
     rng = np.random.default_rng(seed)
-    fac = sample_factor_grid(n, levels, rng)
+    fac = sample_factors(n, levels, rng, label_sampler, label_factor)
     x = render(fac, size, levels, shapes, device)
     dev = x.device
+    values = torch.as_tensor(factor_values(fac, size, levels), dtype=torch.float32, device=dev)
+    info = {"size": size, "levels": list(levels), "shapes": list(shapes), "seed": seed}
+    y = None
+    if label_sampler is not None:
+        col = _label_column(label_factor)
+        y = values[:, col].clone()
+        info.update(label_factor=FACTOR_NAMES[col],
+                    label_sampler="callable" if callable(label_sampler) else "probabilities")
     return Bundle(x=x, factors=torch.as_tensor(fac, device=dev), factor_names=list(FACTOR_NAMES),
-                  levels=list(levels), name="dsprites",
-                  info={"size": size, "levels": list(levels), "shapes": list(shapes), "seed": seed},
-                  extra={"values": torch.as_tensor(factor_values(fac, size, levels),
-                                                   dtype=torch.float32, device=dev)})
+                  levels=list(levels), y=y, name="dsprites", info=info, extra={"values": values})
