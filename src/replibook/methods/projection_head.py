@@ -36,6 +36,7 @@ from ..losses.contrastive import supcon
 from ..metrics.representation import feature_weights, weight_spread
 from ..models.mlp import ProjectionHead
 from ..train import fit
+from ..train.ssl import EncoderWithHead
 
 __all__ = ["pair_moments", "spectral_moments", "spectral_pairs", "balanced_init", "train_linear",
            "train_relu", "layer_outputs", "weight_profile", "FixedReweightHead", "make_head",
@@ -185,15 +186,7 @@ def make_head(kind: str, dim: int, kappa: float = 1.02, norm: str | None = "bn")
     return ProjectionHead(dim, hidden=dim, out_dim=dim, kind=kind, norm=norm if kind == "mlp" else None)
 
 
-class SupConModel(nn.Module):
-    """Encoder + head; ``forward`` returns the head output (what the loss sees)."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+SupConModel = EncoderWithHead      # encoder + head; forward returns the head output (what the loss sees)
 
 
 def supcon_pretrain(model: SupConModel, x: torch.Tensor, y: torch.Tensor, *, steps: int,

@@ -28,14 +28,15 @@ from ..losses.contrastive import info_nce, nt_xent
 from .. import runtime
 from .fit import History, fit
 
-__all__ = ["SimCLRModel", "simclr_pretrain", "MoCoQueue", "momentum_update", "moco_logits", "MoCoRun",
+__all__ = ["EncoderWithHead", "SimCLRModel", "simclr_pretrain", "MoCoQueue", "momentum_update", "moco_logits", "MoCoRun",
            "moco_pretrain"]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class SimCLRModel(nn.Module):
-    """``projector(encoder(x))``; ``encoder`` alone gives the representation used downstream."""
+class EncoderWithHead(nn.Module):
+    """``projector(encoder(x))``: what a contrastive loss sees. ``encoder`` alone gives the
+    representation used downstream. SimCLR's, SupCon's and MoCo's query branch all have this form."""
 
     def __init__(self, encoder: nn.Module, projector: nn.Module):
         super().__init__()
@@ -43,6 +44,9 @@ class SimCLRModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(x))
+
+
+SimCLRModel = EncoderWithHead
 
 
 def simclr_pretrain(encoder: nn.Module, projector: nn.Module, x: torch.Tensor, *, steps: int,
@@ -138,15 +142,7 @@ def _score_row(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[t
         return (q * k).sum(-1).float().mean(), neg.mean(), neg.var(dim=1).mean()
 
 
-class MoCoModel(nn.Module):
-    """``projector(encoder(x))`` of the query branch (the key branch is a momentum copy)."""
-
-    def __init__(self, encoder: nn.Module, projector: nn.Module):
-        super().__init__()
-        self.encoder, self.projector = encoder, projector
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x))
+MoCoModel = EncoderWithHead     # the query branch; the key branch is a momentum copy
 
 
 @dataclass
