@@ -1,10 +1,11 @@
-"""data.augment: SimCLR pipeline pieces and the RotNet rotation batch."""
+"""data.augment: SimCLR pipeline pieces, the RotNet rotation batch and the CIFAR crop-flip."""
 import math
 
 import pytest
 import torch
 
 from replibook.data import augment as A
+from replibook.data.augment import random_crop_flip
 
 
 def _img(b=4, c=3, s=16, seed=0):
@@ -91,3 +92,45 @@ def test_eight_rotations_turn_the_same_way_as_rot90():
     got = [angle(xr[r]) for r in range(8)]
     for r, a in enumerate(got):
         assert min(abs(a - 45 * r), 360 - abs(a - 45 * r)) < 6, got
+
+
+def test_zero_padded_crop_flip_is_a_crop_of_the_zero_padded_image_or_its_mirror():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6) + 1
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    seen = set()
+    for trial in range(40):
+        out = random_crop_flip(x, pad=2, generator=torch.Generator().manual_seed(trial), mode="constant")
+        assert out.shape == x.shape
+        for b in range(2):
+            hits = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                    if torch.equal(out[b], padded[b, :, dy:dy + 6, dx:dx + 6].flip(-1) if f
+                                   else padded[b, :, dy:dy + 6, dx:dx + 6])]
+            assert hits, "output is not a crop of the zero-padded image"
+            seen.update(hits)
+    assert {f for _, _, f in seen} == {0, 1} and len({(dy, dx) for dy, dx, _ in seen}) > 10
+    assert float(random_crop_flip(x, 2, torch.Generator().manual_seed(1), mode="constant").min()) == 0.0   # zeros, not reflection
+
+
+def test_random_crop_flip_reflects_by_default_and_rejects_unknown_modes():
+    x = torch.arange(1 * 1 * 6 * 6, dtype=torch.float32).view(1, 1, 6, 6) + 1
+    assert all(float(random_crop_flip(x, 2, torch.Generator().manual_seed(s)).min()) > 0 for s in range(10))
+    with pytest.raises(ValueError, match="mode"):
+        random_crop_flip(x, 2, mode="wrap")
+
+
+def test_gaussian_blur_smooths_keeps_constants_and_respects_p():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    assert torch.equal(A.gaussian_blur(x, p=0.0, generator=g), x)
+    y = A.gaussian_blur(x, p=1.0, sigma=(1.5, 2.0), generator=g)
+    assert y.shape == x.shape and y.var() < 0.5 * x.var()              # smooths noise
+    const = torch.full((2, 3, 8, 8), 0.3)
+    assert torch.allclose(A.gaussian_blur(const, p=1.0, generator=g), const, atol=1e-6)
+
+
+def test_random_flip_mirrors_about_half_of_the_images():
+    x = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    flipped = A.random_flip(x, torch.Generator().manual_seed(1))
+    same = [torch.equal(f, a) for f, a in zip(flipped, x)]
+    assert all(s or torch.equal(f, a.flip(-1)) for s, f, a in zip(same, flipped, x))
+    assert 16 < sum(same) < 48

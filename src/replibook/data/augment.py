@@ -7,19 +7,25 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["random_crop_flip", "patch_mask", "random_resized_crop", "color_jitter", "random_grayscale",
-           "simclr_augment", "rotate_batch"]
+           "simclr_augment", "rotate_batch",
+           "gaussian_blur", "random_flip"]
 
 
-def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The standard CIFAR augmentation on a batch ``(B, C, H, W)``: reflect-pad by ``pad``,
-    crop back to the original size at a random offset per image, and flip half of the
-    images left-right. Random numbers come from ``generator`` (CPU) or torch's global
-    generator; 1-D signals ``(B, C, L)`` are returned unchanged.
+def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None,
+                     mode: str = "reflect") -> torch.Tensor:
+    """The standard CIFAR augmentation on a batch ``(B, C, H, W)``: pad by ``pad``, crop back
+    to the original size at a random offset per image, and flip half of the images
+    left-right. ``mode="reflect"`` mirrors the border; ``mode="constant"`` pads with zeros,
+    as torchvision's ``RandomCrop(32, padding=4)`` in most official CIFAR pipelines (apply it
+    before normalising, so the padding is black). Random numbers come from ``generator``
+    (CPU) or torch's global generator; 1-D signals ``(B, C, L)`` are returned unchanged.
     """
+    if mode not in ("reflect", "constant"):
+        raise ValueError(f"random_crop_flip: mode must be 'reflect' or 'constant', got {mode!r}")
     if x.dim() != 4:
         return x
     b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode) if pad else x
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
     flip = torch.rand(b, generator=generator).to(x.device) < 0.5
@@ -208,3 +214,31 @@ def rotate_batch(x: torch.Tensor, k_rot: int = 4) -> tuple[torch.Tensor, torch.T
             views.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
     labels = torch.arange(k_rot, device=x.device).repeat_interleave(n)
     return torch.cat(views), labels
+
+
+def gaussian_blur(x: torch.Tensor, p: float = 0.5, sigma: tuple[float, float] = (0.1, 2.0),
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur each image of ``(B, C, H, W)`` with probability ``p`` by a Gaussian of standard deviation
+    ``U(sigma)`` pixels (MoCo-v2's ``GaussianBlur``, done batched on the tensor's device).
+
+    Separable depthwise convolution, kernel half-width ``ceil(3 * sigma[1])`` (at most the
+    image side minus one), reflection padding.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    on = (torch.rand(b, generator=generator) < p).to(dev).view(b, 1, 1, 1)
+    s = sigma[0] + (sigma[1] - sigma[0]) * torch.rand(b, generator=generator)
+    r = max(1, min(int(math.ceil(3 * sigma[1])), h - 1, w - 1))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-t[None] ** 2 / (2 * s[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0).to(dev, x.dtype)      # (B*C, 2r+1)
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(b * c, 1, -1, 1), groups=b * c)
+    return torch.where(on, y.view(b, c, h, w), x)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    on = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(on, x.flip(-1), x)

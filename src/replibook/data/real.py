@@ -451,14 +451,20 @@ def fashion_mnist(n_train: int | None = None, n_test: int | None = None, seed: i
 
 
 def cifar100(root: str | Path | None = None, n_train: int | None = None, n_test: int | None = None,
-             seed: int = 0, device=None, download: bool = False) -> Dataset:
-    """CIFAR-100 (fine labels) from torchvision's layout ``<root>/cifar-100-python/{train,test}``.
+             seed: int = 0, device=None, download: bool = False, labels: str = "fine") -> Dataset:
+    """CIFAR-100 from torchvision's layout ``<root>/cifar-100-python/{train,test}``.
 
     Full tier only. ``root`` defaults to ``$REPLIBOOK_DATA``; ``download=True`` lets
     torchvision fetch it (machines with internet). ``n_train`` / ``n_test`` take the
     first examples of a seeded permutation. Returns x ``(N, 3, 32, 32)`` float32 in
-    [0, 1], y ``(N,)`` int64 in 0..99.
+    [0, 1] and y ``(N,)`` int64: the 100 fine classes (``labels="fine"``, default) or the
+    20 superclasses (``labels="coarse"``). ``info["fine_to_coarse"]`` lists the superclass
+    of each fine class as paired in the files (-1 for a class absent from them, or all -1
+    when the pickles carry no ``coarse_labels``), so
+    ``coarse = torch.tensor(info["fine_to_coarse"])[y_fine]``.
     """
+    if labels not in ("fine", "coarse"):
+        raise ValueError(f"cifar100: labels must be 'fine' or 'coarse', got {labels!r}")
     base = Path(root) if root is not None else runtime.data_dir(required=False)
     if base is None:
         raise DatasetMissing("CIFAR-100: set REPLIBOOK_DATA to the folder holding "
@@ -473,19 +479,42 @@ def cifar100(root: str | Path | None = None, n_train: int | None = None, n_test:
                              "get it with "
                              "`python -c 'import torchvision; torchvision.datasets.CIFAR100("
                              "\"$REPLIBOOK_DATA\", download=True)'`")
+
+    def read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        # python-2 pickle (latin1 keys): rows of 3072 bytes (R, G, B planes, 32x32 row-major)
+        with open(path, "rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        coarse = entry.get("coarse_labels")
+        return (np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
+                np.asarray(entry["fine_labels"], dtype=np.int64),
+                None if coarse is None else np.asarray(coarse, dtype=np.int64))
+
     gen = np.random.default_rng(seed)
-    splits = []
+    splits, mapping = [], [-1] * 100
     for name, n in (("train", n_train), ("test", n_test)):
-        x, y = _read_cifar_batch(folder / name)       # fine labels
+        x, fine, coarse = read(folder / name)
+        if coarse is not None:            # the superclass of each fine class, from all its samples
+            for f, c in set(zip(fine.tolist(), coarse.tolist())):
+                if mapping[f] not in (-1, c):
+                    raise ReplibookError(f"CIFAR-100 ({folder / name}): fine class {f} is paired with "
+                                         f"coarse classes {mapping[f]} and {c}")
+                mapping[f] = c
+        elif labels == "coarse":
+            raise ReplibookError(f"CIFAR-100: {folder / name} has no coarse_labels; is it the python "
+                                 "version of CIFAR-100 (cifar-100-python)?")
         if n is not None:
-            keep = gen.permutation(len(y))[:n]
-            x, y = x[keep], y[keep]
+            keep = gen.permutation(len(fine))[:n]
+            x, fine = x[keep], fine[keep]
+            coarse = coarse[keep] if coarse is not None else None
+        y = fine if labels == "fine" else coarse
         splits.append(Split(torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y)))
     dev = device if isinstance(device, torch.device) else runtime.device(device)
+    n_classes = 100 if labels == "fine" else 20
     return Dataset(splits[0].to(dev), splits[1].to(dev), name="cifar100", source="torchvision",
-                   classes=[str(i) for i in range(100)],
+                   classes=[str(i) for i in range(n_classes)],
                    info={"path": str(folder), "n_train": len(splits[0]), "n_test": len(splits[1]),
-                         "seed": seed})
+                         "seed": seed, "labels": labels, "fine_to_coarse": mapping})
 
 
 # ---------------------------------------------------------------------------

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from ..errors import DatasetMissing
+from .images import IMAGE_EXTENSIONS, center_crop
 
 __all__ = ["OFFICE_HOME_DOMAINS", "VISDA_SPLITS", "image_folder", "office_home", "visda2017"]
 
 OFFICE_HOME_DOMAINS = ("Art", "Clipart", "Product", "Real_World")
 VISDA_SPLITS = ("train", "validation")
-_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 def _root(root, dataset: str, how: str) -> Path:
@@ -40,19 +40,6 @@ def _root(root, dataset: str, how: str) -> Path:
             raise DatasetMissing(f"{dataset} not found: REPLIBOOK_DATA is not set; set it to the folder that "
                                  f"holds it. {how}")
     return Path(root).expanduser()
-
-
-def _load(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def image_folder(folder: Path | str, *, size: int = 224, max_per_class: int | None = None, seed: int = 0,
@@ -67,11 +54,11 @@ def image_folder(folder: Path | str, *, size: int = 224, max_per_class: int | No
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for k, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in _EXTS)
+        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if max_per_class is not None and len(files) > max_per_class:
             keep = np.sort(rng.choice(len(files), size=max_per_class, replace=False))
             files = [files[i] for i in keep]
-        xs += [_load(f, size) for f in files]
+        xs += [center_crop(f, size) for f in files]
         ys += [k] * len(files)
     if not xs:
         raise DatasetMissing(f"{dataset}: no images under {folder}. {how}")

@@ -20,19 +20,27 @@ scalar :math:`\mu` are drawn per update; ``per_element=True`` draws a coefficien
 
 `FeatureTransform` is the hook `replibook.train.ssl.moco_pretrain` calls on
 ``(q, k, queue)``; `score_stats` and `score_samples` are the visualisation tools.
+
+The full tier (the paper's ImageNet-100 setting) streams the images: `ImageNetStream` builds
+the loaders (two random resized crops per image on the CPU workers, `mocov2_view_augment` on
+the device for the rest of MoCo-v2's augmentation: flip, colour jitter, grayscale, Gaussian
+blur, normalisation) and runs the linear evaluation of the official code
+(`replibook.train.ssl.linear_eval_stream`) plus a kNN read-out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import simclr_augment
+from ..data.augment import color_jitter, gaussian_blur, random_flip, random_grayscale, simclr_augment
 
 __all__ = ["positive_extrapolation", "negative_interpolation", "FeatureTransform", "score_stats",
-           "score_samples", "embed", "load_images", "make_augment", "paired_diffs"]
+           "score_samples", "embed", "load_images", "make_augment", "paired_diffs",
+           "mocov2_view_augment", "ImageNetStream"]
 
 
 def positive_extrapolation(q: torch.Tensor, k: torch.Tensor, lam: float | torch.Tensor
@@ -169,3 +177,118 @@ def load_images(name: str, size: int, n_train: int, n_test: int, seed: int = 0, 
     if lo < -1e-6 or hi > 1 + 1e-6:                      # standardised bundled data: back to [0, 1]
         x_tr, x_te = (x_tr - lo) / (hi - lo), (x_te - lo) / (hi - lo)
     return ds, x_tr.clamp(0, 1), ds.train.y, x_te.clamp(0, 1), ds.test.y
+
+
+# ---------------------------------------------------------------------------
+# Full tier: ImageNet-100, streamed
+# ---------------------------------------------------------------------------
+
+def mocov2_view_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """MoCo-v2's augmentation after the random resized crop (which the loader made): flip, colour
+    jitter (0.4, 0.4, 0.4, 0.1) with probability 0.8, grayscale with probability 0.2, Gaussian
+    blur (sigma in [0.1, 2]) with probability 0.5, then the ImageNet normalisation (official
+    ``dataset/util.py``, augmentation "B"). ``x`` in [0, 1], ``(B, 3, S, S)``."""
+    from ..data.real_imagenet import normalize
+    x = random_flip(x, generator)
+    x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=generator)
+    x = random_grayscale(x, 0.2, generator=generator)
+    x = gaussian_blur(x, 0.5, (0.1, 2.0), generator=generator)
+    return normalize(x)
+
+
+@dataclass
+class ImageNetStream:
+    """ImageNet-100 (or any class list) for MoCo pretraining and evaluation, streamed from
+    ``$REPLIBOOK_DATA/imagenet/{train,val}/<wnid>/*.JPEG`` (`replibook.data.real_imagenet`).
+
+    ``batch`` images per MoCo update, each as two random resized crops of area ``crop`` at
+    ``size`` pixels; ``lin_*`` the linear evaluation (random resized crop ``lin_crop`` + flip
+    for training, resize + centre crop for validation, as the official code).
+    ``max_per_class`` subsets each class (tests, pilots).
+    """
+
+    classes: Any = "imagenet100"
+    size: int = 224
+    batch: int = 256
+    crop: tuple[float, float] = (0.2, 1.0)
+    lin_batch: int = 256
+    lin_crop: tuple[float, float] = (0.2, 1.0)
+    eval_batch: int = 256
+    max_per_class: int | None = None
+    workers: int | None = None
+    root: Any = None
+    _files: dict = field(default_factory=dict, repr=False)
+
+    def files(self, split: str) -> tuple[list, torch.Tensor, list[str]]:
+        from ..data.real_imagenet import imagenet_files
+        if split not in self._files:
+            self._files[split] = imagenet_files(split, self.classes, root=self.root,
+                                                max_per_class=self.max_per_class, seed=0)
+        return self._files[split]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.files("train")[2])
+
+    def steps_per_epoch(self) -> int:
+        """MoCo updates per epoch (the ragged last batch is dropped)."""
+        n = len(self.files("train")[0])
+        if n < self.batch:
+            raise ValueError(f"{n} training images are fewer than one batch of {self.batch}")
+        return n // self.batch
+
+    def _loader(self, split: str, **kw):
+        from ..data.real_imagenet import imagenet_loader
+        return imagenet_loader(split, classes=self.classes, size=self.size, workers=self.workers,
+                               max_per_class=self.max_per_class, root=self.root, **kw)
+
+    def pretrain_batches(self, seed: int):
+        """``epoch -> loader`` of ``(views uint8 (B, 2, 3, S, S), labels)`` for `moco_pretrain`."""
+        return lambda epoch: self._loader("train", batch_size=self.batch, views=2, crop_scale=tuple(self.crop),
+                                          shuffle=True, drop_last=True, seed=seed, epoch=epoch)
+
+    def heldout_pairs(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` validation images as fixed pairs of crops, uint8 ``(n, 2, 3, S, S)`` (score curves)."""
+        loader = self._loader("val", batch_size=n, views=2, crop_scale=tuple(self.crop), shuffle=True,
+                              drop_last=False, seed=seed, epoch=0)
+        return next(iter(loader))[0]
+
+    def card(self) -> dict[str, Any]:
+        name = "ImageNet-100" if self.classes == "imagenet100" else f"ImageNet ({self.n_classes} classes)"
+        return {"name": name, "source": "ImageNet ILSVRC-2012 train/val folders; ImageNet-100 = CMC's class list",
+                "n_train": len(self.files("train")[0]), "n_test": len(self.files("val")[0]),
+                "x_shape": [3, self.size, self.size], "x_dtype": "uint8", "classes": self.n_classes,
+                "info": {"max_per_class": self.max_per_class}}
+
+    def probe(self, encoder: torch.nn.Module, *, epochs: int, lr: float, milestones: Sequence[int],
+              weight_decay: float = 0.0, knn_k: int = 20, seed: int = 0, device=None,
+              progress: bool = True) -> tuple[float, float]:
+        """``(linear top-1, kNN top-1)`` on the validation split for a frozen ``encoder``.
+
+        Linear: `linear_eval_stream` (official protocol: SGD momentum 0.9, ``lr``, decay 0.1 at
+        ``milestones``, ``epochs`` over fresh random-resized-crop + flip views). kNN: ``knn_k``
+        neighbours (`replibook.train.probes.knn`, cosine on standardised features) on
+        centre-crop features of the train and validation images.
+        """
+        from ..data.real_imagenet import normalize
+        from ..train import probes
+        from ..train.ssl import extract_features, linear_eval_stream
+        g = torch.Generator().manual_seed(seed + 2718)
+
+        def prep_train(x):
+            return normalize(random_flip(x, g))
+
+        def train(epoch):
+            return self._loader("train", batch_size=self.lin_batch, crop_scale=tuple(self.lin_crop), shuffle=True,
+                                drop_last=False, seed=seed + 1, epoch=epoch)
+
+        def val():
+            return self._loader("val", batch_size=self.eval_batch, shuffle=False, drop_last=False)
+
+        lin = linear_eval_stream(encoder, train, val, num_classes=self.n_classes, epochs=epochs, lr=lr,
+                                 milestones=tuple(milestones), weight_decay=weight_decay, prepare_train=prep_train,
+                                 prepare_eval=normalize, device=device, seed=seed, progress=progress)
+        f_tr, y_tr = extract_features(encoder, self._loader("train", batch_size=self.eval_batch, shuffle=False,
+                                                            drop_last=False), prepare=normalize, device=device)
+        f_te, y_te = extract_features(encoder, val(), prepare=normalize, device=device)
+        return lin["acc"], probes.knn(f_tr, y_tr, f_te, y_te, k=knn_k)["acc"]

@@ -29,10 +29,18 @@ with the KD term warmed up over :math:`W` epochs (20 of 240 on CIFAR; epoch coun
 The exploratory arms of the paper are here too: KD + L2 matching of the per-sample teacher
 feature (FitNets on the penultimate layer) and KD + the cosine to :math:`e_{y_i}` alone
 (direction without norm).
+
+The chapter's ``full`` size is the paper's CIFAR-100 ResNet-56 -> ResNet-20 experiment; its pieces
+are at the end of this module: the zoo entry ``resnet56_cifar100`` (the official CIFAR ResNet
+checkpoint layout, renamed into `ResNetCIFAR` with option-B shortcuts by `load_official_resnet`),
+the official recipe `CIFAR100_RECIPE`, the device-side augmentation (`data.augment.random_crop_flip` with zero padding), the teacher's
+class means `teacher_class_means` and the student loop `train_image_student` (bfloat16 autocast
+on CUDA).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,18 +48,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime, zoo
+from ..data.augment import random_crop_flip
+from ..errors import DatasetMissing
 from ..losses.distill import feature as feature_loss
 from ..losses.distill import kd_kl
 from ..metrics.classification import accuracy
 from ..metrics.representation import feature_norms
 from ..models.mlp import MLP
+from ..models.resnet import ResNetCIFAR
 from ..train import fit
 
 __all__ = [
     "ARMS", "class_means", "class_directions", "nd_loss", "direction_loss", "l2_feature_loss",
     "kd_warmup_factor", "distill_loss_fn", "model_outputs", "feature_norms", "norm_ratio",
     "cos_to_class_direction", "bootstrap_ratio_ci", "StudentRun", "train_student", "chunk_ratios",
-    "fit_teacher_quick", "outputs_dict", "plot_norm_hists",
+    "fit_teacher_quick", "outputs_dict", "plot_norm_hists", "objective",
+    "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100_RECIPE", "TEACHER", "TEACHER_DIR", "official_resnet_key",
+    "load_official_resnet", "official_init", "normalise", "teacher_class_means",
+    "image_outputs", "lr_at", "train_image_student", "TEACHER_TRAINED",
 ]
 
 ARMS = ("CE", "KD", "KD+L2", "KD+cos", "KD+ND")
@@ -144,19 +159,27 @@ def distill_loss_fn(arm: str, *, directions: torch.Tensor | None = None, T: floa
         epoch = calls[0] // max(1, steps_per_epoch)
         calls[0] += 1
         logits, s = model(x, return_features=True)
-        loss = F.cross_entropy(logits, y)
-        if arm == "CE":
-            return loss
-        loss = loss + kd_warmup_factor(epoch, warmup_epochs) * kd_kl(logits, t_logits, T=T)
-        if arm == "KD+L2":
-            loss = loss + beta * l2_feature_loss(s, t_feats, t_sq_norm)
-        elif arm == "KD+cos":
-            loss = loss + beta * direction_loss(s, y, directions)
-        elif arm == "KD+ND":
-            loss = loss + beta * nd_loss(s, t_feats, y, directions)
-        return loss
+        return objective(arm, logits, s, y, t_logits, t_feats, kd_weight=kd_warmup_factor(epoch, warmup_epochs),
+                         directions=directions, T=T, beta=beta, t_sq_norm=t_sq_norm)
 
     return loss_fn
+
+
+def objective(arm: str, logits: torch.Tensor, s: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None,
+              t_feats: torch.Tensor | None, *, kd_weight: float, directions: torch.Tensor | None, T: float,
+              beta: float, t_sq_norm: float = 1.0) -> torch.Tensor:
+    """One arm's loss on a batch: CE, plus ``kd_weight`` times KD, plus ``beta`` times the L2 / cos / ND term."""
+    loss = F.cross_entropy(logits, y)
+    if arm == "CE":
+        return loss
+    loss = loss + kd_weight * kd_kl(logits, t_logits, T=T)
+    if arm == "KD+L2":
+        loss = loss + beta * l2_feature_loss(s, t_feats, t_sq_norm)
+    elif arm == "KD+cos":
+        loss = loss + beta * direction_loss(s, y, directions)
+    elif arm == "KD+ND":
+        loss = loss + beta * nd_loss(s, t_feats, y, directions)
+    return loss
 
 
 # --------------------------------------------------------------------------- measurements
@@ -213,6 +236,7 @@ class StudentRun:
     metrics: dict[str, float]
     test_features: torch.Tensor
     curve: Any = field(default=None, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)     # kept only when asked (zoo training)
 
 
 def train_student(arm: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
@@ -283,3 +307,277 @@ def plot_norm_hists(ax, norms: Mapping[str, np.ndarray | torch.Tensor], title: s
     ax.set_ylabel("test samples")
     ax.set_title(title)
     ax.legend()
+
+
+# ======================================================================= full tier: CIFAR-100, ResNet-56 -> ResNet-20
+#
+# The official recipe (CIFAR/README.md and CIFAR/train_cifar_kd.py of the ND repository): 240 epochs;
+# ``--batch_size 64`` per GPU times the default two GPUs = 128; SGD lr 0.1, momentum 0.9, Nesterov,
+# weight decay 5e-4 on every parameter; lr x0.1 at the start of epochs 150, 180 and 210; KD with
+# T = 4 and weight 1 warmed up by min(1, epoch / 20); ND weight 2 for ResNet-56 -> ResNet-20. Data:
+# torchvision CIFAR-100, Pad(4) (zeros) + RandomCrop(32) + horizontal flip, normalised with the
+# CIFAR-100 statistics below (Dataset/cifar.py of the repository's ReviewKD++ folder; the same values
+# as CRD's dataset/cifar100.py, with which the teachers were trained).
+
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+CIFAR100_RECIPE: dict[str, Any] = dict(
+    epochs=240, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+    lr_milestones=[150, 180, 210], lr_gamma=0.1, kd_warmup_epochs=20, T=4.0, beta=2.0, pad=4,
+    teacher_depth=56, student_depth=20, num_classes=100)
+
+TEACHER = "resnet56_cifar100"
+TEACHER_DIR = "cifar100-teachers"
+_CRD_URL = "http://shape2prog.csail.mit.edu/repo/resnet{depth}_vanilla/ckpt_epoch_240.pth"
+
+
+def official_resnet_key(key: str) -> str:
+    """Name of an official CIFAR ResNet parameter (ND repo ``Models/resnet_cifar.py``, identical to CRD's
+    ``models/resnet.py``) in `replibook.models.resnet.ResNetCIFAR`: ``downsample`` -> ``shortcut`` and
+    ``fc`` -> ``linear``; a DataParallel ``module.`` prefix is dropped. Everything else keeps its name."""
+    if key.startswith("module."):
+        key = key[len("module."):]
+    if key.startswith("fc."):
+        key = "linear." + key[len("fc."):]
+    return key.replace(".downsample.", ".shortcut.")
+
+
+def load_official_resnet(model: nn.Module, checkpoint: Mapping[str, Any], what: str = "checkpoint") -> str:
+    """Load an official CIFAR ResNet checkpoint into a ``ResNetCIFAR(shortcut="B")``, strictly, by renamed key.
+
+    ``checkpoint`` is the file's content: CRD's teachers (``{"model": state_dict, ...}``, which the ND
+    scripts read with ``torch.load(path)["model"]``), the ND baseline trainer's
+    ``{"model_state_dict": ...}`` (with ``module.``) or a bare state dict. Returns the key it read.
+    """
+    from ..errors import ReplibookError
+    key = next((k for k in ("model", "model_state_dict", "state_dict") if k in checkpoint), None)
+    state = checkpoint[key] if key is not None else checkpoint
+    renamed = {official_resnet_key(k): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(renamed, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ReplibookError(f"{what}: not an official CIFAR ResNet of this depth (missing {missing[:4]}, "
+                             f"unexpected {list(unexpected)[:4]})")
+    return key or "state dict"
+
+
+def _teacher_path(cfg: Mapping[str, Any]) -> Path:
+    depth = int(cfg["depth"])
+    rel = f"{TEACHER_DIR}/resnet{depth}_vanilla/ckpt_epoch_240.pth"
+    how = (f"download CRD's CIFAR-100 teacher ({_CRD_URL.format(depth=depth)}, fetched by "
+           "scripts/fetch_pretrained_teachers.sh of github.com/HobbitLong/RepDistiller; the ND code reads "
+           f"its 'model' entry) to $REPLIBOOK_DATA/{rel}, or train one with the ND repository's "
+           "train_cifar_baseline.py and put its checkpoint there")
+    root = runtime.data_dir()
+    if root is None:
+        raise DatasetMissing(f"CIFAR-100 ResNet-{depth} teacher: REPLIBOOK_DATA is not set; {how}")
+    path = root / rel
+    if not path.is_file():
+        raise DatasetMissing(f"CIFAR-100 ResNet-{depth} teacher not found at {path}; {how}")
+    return path
+
+
+def _teacher_arch(cfg: Mapping[str, Any]) -> nn.Module:
+    return ResNetCIFAR(depth=int(cfg["depth"]), num_classes=100, width=16, shortcut="B")
+
+
+@zoo.register_real(TEACHER, config={"depth": 56},
+                   arch=_teacher_arch, weights_path=_teacher_path, card={
+    "summary": "CIFAR-100 ResNet-56 teacher of the ND paper's ResNet-56 -> ResNet-20 pair (CRD's published "
+               "'vanilla' teacher, the checkpoint layout the ND scripts read)",
+    "architecture": "ResNetCIFAR(depth=56, num_classes=100, width=16, shortcut='B'): the official CIFAR "
+                    "ResNet (1x1-conv + BN downsampling shortcuts), parameters renamed on load",
+    "trained_on": "CIFAR-100 train (50,000 images), 240 epochs, by CRD's train_teacher.py",
+    "weights": f"$REPLIBOOK_DATA/{TEACHER_DIR}/resnet56_vanilla/ckpt_epoch_240.pth (not in the repository)",
+    "preprocess": {"mean": CIFAR100_MEAN, "std": CIFAR100_STD, "size": 32,
+                   "note": "RGB in [0,1], then (x - mean) / std with CIFAR-100 statistics"},
+    "cpu_time_estimate": "inference only; about 125 MFLOP per image",
+    "chapters": [50],
+})
+def _load_teacher(model: nn.Module, cfg: dict[str, Any]) -> Path:
+    path = _teacher_path(cfg)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:   # the ND baseline trainer / CRD's "last" files also pickle argparse options
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    load_official_resnet(model, blob, what=str(path))
+    return path
+
+
+def official_init(model: nn.Module) -> nn.Module:
+    """The official student initialisation (ND ``Models/resnet_cifar.py``): Kaiming-normal (fan-out, ReLU)
+    convolutions, BatchNorm weight 1 and bias 0, linear weight and bias from N(0, 0.01^2)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.normal_(m.bias, 0.0, 0.01)
+    return model
+
+
+def normalise(x: torch.Tensor, mean=CIFAR100_MEAN, std=CIFAR100_STD) -> torch.Tensor:
+    """``(x - mean) / std`` per channel for images ``(B, 3, H, W)`` in [0, 1]."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+@torch.no_grad()
+def teacher_class_means(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
+                        augment: bool = True, pad: int = 4, seed: int = 0,
+                        batch_size: int = 1000) -> tuple[torch.Tensor, float]:
+    """Class means of the teacher's penultimate features on the training images ``x`` (in [0, 1]) and the
+    mean squared feature norm (for the L2 arm), as ``(means (K, D), mean |t|^2)``.
+
+    As the official ``emb_fea_distribution.py``, which runs the teacher (eval mode) once over the
+    training set *with its training transform*: ``augment=True`` draws one pad-crop-flip per image.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    feats = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        xb = random_crop_flip(xb, pad, gen, mode="constant") if augment else xb
+        feats.append(model_outputs(teacher, normalise(xb), batch_size)[1].float())
+    f = torch.cat(feats)
+    return class_means(f, y, num_classes), float(f.pow(2).sum(1).mean())
+
+
+def _autocast(device: torch.device, amp: bool):
+    import contextlib
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def image_outputs(model: nn.Module, x: torch.Tensor, *, amp: bool = False,
+                  batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    """``{"logits", "features"}`` (float32) of a CIFAR network on images ``x`` in [0, 1] (normalised here)."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = []
+    for i in range(0, len(x), batch_size):
+        with _autocast(dev, amp):
+            outs.append(model(normalise(x[i:i + batch_size]), return_features=True))
+    model.train(was)
+    return {"logits": torch.cat([o[0] for o in outs]).float(), "features": torch.cat([o[1] for o in outs]).float()}
+
+
+def lr_at(epoch: int, cfg: Mapping[str, Any]) -> float:
+    """Step schedule: ``lr * gamma^(number of milestones <= epoch)`` (epochs from 0, as the official loop)."""
+    return float(cfg["lr"]) * float(cfg["lr_gamma"]) ** sum(epoch >= m for m in cfg["lr_milestones"])
+
+
+def train_image_student(arm: str, data, teacher: nn.Module | None, directions: torch.Tensor | None,
+                        t_sq_norm: float, teacher_test: Mapping[str, torch.Tensor] | None, cfg: Mapping[str, Any],
+                        seed: int, *, progress: bool = False, keep_model: bool = False) -> StudentRun:
+    """Train one CIFAR ResNet student with ``arm``'s objective (official recipe) and measure it on the test split.
+
+    ``data`` has ``.train.x/.y`` and ``.test.x/.y`` (images in [0, 1] on the training device). Each epoch
+    visits a seeded permutation in batches of ``batch_size`` (last batch partial, like a shuffling
+    DataLoader); each batch is pad-crop-flipped and normalised on the device, the frozen teacher sees the
+    same batch. SGD (momentum, Nesterov, weight decay on all parameters), step schedule `lr_at`, KD
+    warm-up `kd_warmup_factor`; bfloat16 autocast on CUDA when ``cfg["amp"]``. ``cfg`` keys: those of
+    `CIFAR100_RECIPE` plus ``amp`` and ``eval_every`` (epochs; 0 = only at the end).
+
+    Metrics: ``acc`` (final epoch, test), ``acc_best`` (best evaluated epoch, the official scripts' "best"
+    checkpoint), ``norm_ratio``, ``cos_dir``, ``s_norm``, ``t_norm`` (test), ``train_loss`` (last epoch mean).
+    With ``arm="CE"`` the teacher, directions and teacher outputs may be None (plain training, e.g. of a
+    teacher: `train_cifar_baseline.py`'s recipe is this loop without KD); the teacher metrics are then left out.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; known: {', '.join(ARMS)}")
+    if arm != "CE" and (teacher is None or teacher_test is None):
+        raise ValueError(f"arm {arm} needs the teacher and its test outputs")
+    from ..progress import track
+    x_tr, y_tr = data.train.x, data.train.y
+    device = x_tr.device
+    amp, bs, pad = bool(cfg.get("amp", True)), int(cfg["batch_size"]), int(cfg["pad"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True      # fixed 32x32 shapes: let cuDNN pick its fastest kernels
+    torch.manual_seed(seed)
+    model = official_init(ResNetCIFAR(depth=int(cfg["student_depth"]), num_classes=int(cfg["num_classes"]),
+                                      width=16, shortcut="B")).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+                          weight_decay=float(cfg["weight_decay"]), nesterov=bool(cfg["nesterov"]))
+    gen = torch.Generator().manual_seed(seed)
+    directions = directions.to(device) if directions is not None else None
+    epochs, every = int(cfg["epochs"]), int(cfg.get("eval_every", 0))
+    curve: list[tuple[int, float]] = []
+    train_loss = float("nan")
+    for epoch in (track(range(epochs), desc=f"{arm} seed {seed}") if progress else range(epochs)):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch, cfg)
+        kd_w = kd_warmup_factor(epoch, int(cfg["kd_warmup_epochs"]))
+        model.train()
+        perm = torch.randperm(len(x_tr), generator=gen).to(device)
+        total, count = torch.zeros((), device=device), 0
+        for i in range(0, len(perm), bs):
+            idx = perm[i:i + bs]
+            xb, yb = normalise(random_crop_flip(x_tr[idx], pad, gen, mode="constant")), y_tr[idx]
+            with _autocast(device, amp):
+                t_logits = t_feats = None
+                if arm != "CE":
+                    with torch.no_grad():
+                        t_logits, t_feats = teacher(xb, return_features=True)
+                    t_logits, t_feats = t_logits.float(), t_feats.float()
+                logits, s = model(xb, return_features=True)
+            loss = objective(arm, logits.float(), s.float(), yb, t_logits, t_feats, kd_weight=kd_w,
+                             directions=directions, T=float(cfg["T"]), beta=float(cfg["beta"]), t_sq_norm=t_sq_norm)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + loss.detach() * len(idx), count + len(idx)
+        train_loss = float(total) / max(1, count)
+        if every and ((epoch + 1) % every == 0) and epoch + 1 < epochs:
+            out = image_outputs(model, data.test.x, amp=amp)
+            curve.append((epoch + 1, accuracy(out["logits"], data.test.y)))
+    out = image_outputs(model, data.test.x, amp=amp)
+    acc = accuracy(out["logits"], data.test.y)
+    curve.append((epochs, acc))
+    s = out["features"]
+    s_norm = float(feature_norms(s).mean())
+    metrics = {"acc": acc, "acc_best": max(a for _, a in curve), "s_norm": s_norm, "train_loss": train_loss}
+    if teacher_test is not None:
+        t_norm = float(feature_norms(teacher_test["features"].to(device)).mean())
+        metrics.update(norm_ratio=s_norm / t_norm, t_norm=t_norm)
+    if directions is not None:
+        metrics["cos_dir"] = cos_to_class_direction(s, data.test.y, directions)
+    return StudentRun(arm, seed, metrics, s.detach().cpu(), curve, model if keep_model else None)
+
+
+# --------------------------------------------------------------------------- a teacher trained here
+
+TEACHER_TRAINED = "resnet56_cifar100_trained"
+_TRAINED_CONFIG: dict[str, Any] = {
+    **{k: CIFAR100_RECIPE[k] for k in ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
+                                       "lr_milestones", "lr_gamma", "pad")},
+    "depth": 56, "amp": True, "seed": 0}
+
+
+@zoo.register(TEACHER_TRAINED, config=_TRAINED_CONFIG, arch=_teacher_arch, card={
+    "summary": "CIFAR-100 ResNet-56 trained by replibook with the ND repository's baseline recipe (the "
+               "alternative when CRD's published teacher is not available)",
+    "architecture": "ResNetCIFAR(depth=56, num_classes=100, width=16, shortcut='B'), official initialisation",
+    "trained_on": "CIFAR-100 train (50,000 images, torchvision pickles in $REPLIBOOK_DATA)",
+    "training": "train_cifar_baseline.py's recipe: CE, 240 epochs of batch 128, SGD Nesterov momentum 0.9, "
+                "lr 0.1, wd 5e-4, x0.1 at epochs 150/180/210, pad-4 crop + flip, CIFAR-100 normalisation; "
+                "bfloat16 autocast on CUDA",
+    "preprocess": {"mean": CIFAR100_MEAN, "std": CIFAR100_STD, "size": 32,
+                   "note": "RGB in [0,1], then (x - mean) / std with CIFAR-100 statistics"},
+    "cpu_time_estimate": "GPU only: 94,000 updates of a ResNet-56 (not timed here)",
+    "chapters": [50],
+})
+def _train_teacher_here(cfg: dict[str, Any], progress: bool = True) -> tuple[nn.Module, dict]:
+    from ..data.real import cifar100
+    data = cifar100(device=runtime.device())
+    run_cfg = {**cfg, "student_depth": cfg["depth"], "num_classes": 100, "kd_warmup_epochs": 0, "T": 4.0,
+               "beta": 0.0, "eval_every": 0}
+    run = train_image_student("CE", data, None, None, 1.0, None, run_cfg, seed=int(cfg["seed"]),
+                              progress=progress, keep_model=True)
+    return run.model, {"test_acc": run.metrics["acc"], "train_loss": run.metrics["train_loss"]}

@@ -23,7 +23,11 @@ about the :math:`l/L`-th power of its gain at the top: the weights of the input 
 
 Part B, supervised contrastive pretraining with a head (`SupConModel`, `supcon_pretrain`)
 and the paper's Sec. 7 alternative to a learned head, a *fixed* diagonal re-weighting
-(`FixedReweightHead`).
+(`FixedReweightHead`). One run of it is `head_experiment`: an MLP on digits at the small
+tier, the paper's CIFAR ResNet-18 (`cifar_encoder`) on CIFAR-100 superclasses -> classes and
+SimCLR on CIFAR-10 at the full tier (`load_supcon_data`), probed layer by layer
+(`representations`) with sklearn's logistic regression or the same estimator fitted by
+L-BFGS on the GPU (`replibook.train.probes.linear_lbfgs`).
 """
 from __future__ import annotations
 
@@ -32,15 +36,19 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..losses.contrastive import supcon
+from .. import runtime
+from ..losses.contrastive import nt_xent, supcon
 from ..metrics.representation import feature_weights, weight_spread
 from ..models.mlp import ProjectionHead
+from ..models.resnet import resnet18_cifar
 from ..train import fit
 from ..train.ssl import EncoderWithHead
 
 __all__ = ["pair_moments", "spectral_moments", "spectral_pairs", "balanced_init", "train_linear",
            "train_relu", "layer_outputs", "weight_profile", "FixedReweightHead", "make_head",
-           "SupConModel", "supcon_pretrain", "digit_augment"]
+           "SupConModel", "supcon_pretrain", "digit_augment", "FeatureEncoder", "cifar_encoder",
+           "representations", "HEAD_NAMES", "load_supcon_data", "head_experiment",
+           "row_name"]
 
 
 # ----------------------------------------------------------------------------- part A
@@ -189,23 +197,169 @@ def make_head(kind: str, dim: int, kappa: float = 1.02, norm: str | None = "bn")
 SupConModel = EncoderWithHead      # encoder + head; forward returns the head output (what the loss sees)
 
 
-def supcon_pretrain(model: SupConModel, x: torch.Tensor, y: torch.Tensor, *, steps: int,
+def supcon_pretrain(model: SupConModel, x: torch.Tensor, y: torch.Tensor | None, *, steps: int,
                     batch_size: int = 256, lr: float = 1e-3, tau: float = 0.1,
                     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                    weight_decay: float = 1e-5, seed: int = 0, progress: bool = False, desc: str = "SupCon"):
+                    weight_decay: float = 1e-5, opt: str = "adamw", schedule: str | None = None,
+                    seed: int = 0, device=None, progress: bool = False, desc: str = "SupCon"):
     """Train ``model`` in place on `supcon` over two augmented views of each minibatch
-    (labels ``y``: the coarse classes). Returns fit's History; the model ends in eval mode."""
+    (labels ``y``: the coarse classes), or on SimCLR's `nt_xent` when ``y`` is None.
+    Returns fit's History; the model ends in eval mode.
+
+    The same loop serves the MLP on small images and a ResNet on CIFAR: ``x`` may be float in
+    [0, 1] or uint8 (converted per batch, so a full dataset can sit on the GPU as bytes);
+    ``fit`` runs the forward pass under bf16 autocast on CUDA, and the loss itself is computed
+    in float32. ``opt`` / ``schedule`` are fit's (e.g. ``"sgd"``, ``"cosine"``).
+    """
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     aug = augment or (lambda b, g: b)
 
-    def loss_fn(m, xb, yb):
-        views = torch.cat([aug(xb, gen), aug(xb, gen)])     # 2B views, labels repeated
-        return supcon(m(views), torch.cat([yb, yb]), tau=tau)
+    def views_of(xb):
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255.0)
+        return torch.cat([aug(xb, gen), aug(xb, gen)])     # 2B views, labels repeated
 
-    hist = fit(model, (x, y), steps=steps, batch_size=batch_size, lr=lr, opt="adamw",
-               weight_decay=weight_decay, loss_fn=loss_fn, seed=seed, progress=progress, desc=desc)
+    def loss_fn(m, xb, yb=None):
+        z = m(views_of(xb))
+        with torch.autocast(z.device.type, enabled=False):  # the loss in float32
+            z = z.float()
+            if yb is None:
+                return nt_xent(z[:len(xb)], z[len(xb):], tau=tau)
+            return supcon(z, torch.cat([yb, yb]), tau=tau)
+
+    data = (x,) if y is None else (x, y)
+    hist = fit(model, data, steps=steps, batch_size=batch_size, lr=lr, opt=opt, schedule=schedule,
+               weight_decay=weight_decay, loss_fn=loss_fn, seed=seed, device=device, progress=progress, desc=desc)
     model.eval()
     return hist
+
+
+class FeatureEncoder(nn.Module):
+    """A classifier network used as an encoder: ``forward(x) = net.features(x)`` (pooled features)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.num_features = int(getattr(net, "num_features"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+def cifar_encoder(width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2)) -> FeatureEncoder:
+    """The CIFAR ResNet-18 encoder (3x3 stride-1 stem, no max-pool; ``8 * width``-d output,
+    512 at the default width). ``width`` / ``blocks`` shrink it for tests."""
+    net = resnet18_cifar(num_classes=1, width=width, blocks=blocks)
+    net.linear = nn.Identity()                               # no classifier: the encoder ends at the pooling
+    return FeatureEncoder(net)
+
+
+@torch.no_grad()
+def representations(model: SupConModel, x: torch.Tensor, batch_size: int = 1024, device=None) -> dict:
+    """Frozen representations at every layer the chapter probes, computed in batches (eval mode,
+    bf16 autocast on CUDA, returned as float32 on ``x``'s device):
+
+    ``"pre"`` the encoder output; for an MLP head also ``"hidden"`` (after its Linear-norm-ReLU)
+    and ``"post"`` (the head output); for the fixed head ``"post"``; for no head only ``"pre"``.
+    ``x`` may be uint8 (divided by 255).
+    """
+    model.eval()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    head = model.projector
+    mlp = getattr(head, "net", None) if getattr(head, "kind", None) == "mlp" else None
+    outs: dict[str, list] = {}
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(dev)
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255.0)
+        with runtime.autocast(dev):
+            h = model.encoder(xb)
+            got = {"pre": h}
+            if mlp is not None:
+                hid = mlp.features(h)
+                got["hidden"] = hid
+                got["post"] = mlp.out_norm(mlp.out(hid))
+            elif isinstance(head, FixedReweightHead):
+                got["post"] = head(h)
+        for k, v in got.items():
+            outs.setdefault(k, []).append(v.float().to(x.device))
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+HEAD_NAMES = {"mlp": "learned head", "none": "no head", "fixed_diag": "fixed head"}
+
+
+def load_supcon_data(name: str, *, img: int = 16, split=None, root=None, device=None) -> dict:
+    """Images with fine and coarse labels for part B, on ``device``:
+    ``{"ds", "x_tr", "x_te", "fine_tr", "fine_te", "coarse_tr", "coarse_te"}``.
+
+    ``"digits"`` / ``"mnist5k"`` (bundled, ``img`` pixels, ``split``) and ``"mnist"`` (full,
+    from ``$REPLIBOOK_DATA``): coarse = digit >= 5. ``"cifar100"``: the 20 superclasses of
+    the 100 fine classes (``real.cifar100``'s ``fine_to_coarse``). ``"cifar10"``: no coarse
+    labels (None; for SimCLR). ``root``: the data folder of the full datasets (default
+    ``$REPLIBOOK_DATA``); a missing dataset raises `DatasetMissing`.
+    """
+    from ..data import bundled, real
+    dev = torch.device(device) if device is not None else runtime.device()
+    coarse_of = None
+    if name == "digits":
+        ds = bundled.digits(size=img, split=split)
+    elif name == "mnist5k":
+        ds = bundled.mnist5k(size=img, split=split)
+    elif name == "mnist":
+        ds = real.mnist(root=root)
+    elif name == "cifar100":
+        ds = real.cifar100(root=root, labels="fine", device="cpu")
+        f2c = torch.tensor(ds.info["fine_to_coarse"])
+        coarse_of = lambda y: f2c.to(y.device)[y]                      # noqa: E731
+    elif name == "cifar10":
+        ds = real.cifar10(root=root, device="cpu")
+        coarse_of = lambda y: None                                     # noqa: E731
+    else:
+        raise ValueError(f"unknown part-B dataset {name!r} (digits, mnist5k, mnist, cifar100, cifar10)")
+    coarse_of = coarse_of or (lambda y: (y >= 5).long())
+    out = {"ds": ds, "x_tr": ds.train.x.to(dev), "fine_tr": ds.train.y.to(dev),
+           "x_te": ds.test.x.to(dev), "fine_te": ds.test.y.to(dev)}
+    out["coarse_tr"], out["coarse_te"] = coarse_of(out["fine_tr"]), coarse_of(out["fine_te"])
+    return out
+
+
+def head_experiment(kind: str, x_tr: torch.Tensor, x_te: torch.Tensor, *, labels: torch.Tensor | None,
+                    targets: dict, encoder_fn: Callable[[], nn.Module], dim: int, kappa: float = 1.02,
+                    layers: Sequence[str] = ("pre", "post"), steps: int, batch_size: int, lr: float,
+                    tau: float, augment=None, opt: str = "adamw", schedule: str | None = None,
+                    weight_decay: float = 1e-5, probe: str = "sklearn", eval_batch: int = 8192,
+                    seed: int = 0, device=None) -> dict:
+    """One run of part B: seed, build ``encoder_fn()`` + the head ``kind``, pretrain with
+    `supcon_pretrain` (SupCon on ``labels``, or SimCLR when ``labels`` is None), freeze, and
+    fit a linear probe for every target at every layer in ``layers`` that the head has
+    (`representations`; only the learned MLP head has layers above ``"pre"`` worth probing: the
+    fixed head's output is a per-coordinate rescaling of ``"pre"``, which the probe's
+    standardisation undoes, so it and the no-head model are probed at ``"pre"``). ``targets``: ``{name: (y_train, y_test)}``. ``probe``: ``"sklearn"``
+    (`replibook.train.probes.linear`) or ``"lbfgs"`` (`probes.linear_lbfgs`, the same estimator in torch).
+
+    Returns ``{layer: {target: test accuracy}}`` and, under ``"_wall_s"``, the pretraining time.
+    """
+    from ..train import probes
+    dev = torch.device(device) if device is not None else runtime.device()
+    runtime.seed_everything(seed)
+    model = SupConModel(encoder_fn(), make_head(kind, dim, kappa=kappa)).to(dev)
+    hist = supcon_pretrain(model, x_tr, labels, steps=steps, batch_size=batch_size, lr=lr, tau=tau,
+                           augment=augment, opt=opt, schedule=schedule, weight_decay=weight_decay,
+                           seed=seed, device=dev)
+    rep_tr = representations(model, x_tr, batch_size=eval_batch, device=dev)
+    rep_te = representations(model, x_te, batch_size=eval_batch, device=dev)
+    fit_probe = {"sklearn": probes.linear, "lbfgs": probes.linear_lbfgs}[probe]
+    out: dict = {layer: {name: fit_probe(rep_tr[layer], ytr, rep_te[layer], yte)["acc"]
+                         for name, (ytr, yte) in targets.items()}
+                 for layer in (layers if kind == "mlp" else ("pre",)) if layer in rep_tr}
+    out["_wall_s"] = hist.wall_s
+    return out
+
+
+def row_name(kind: str, layer: str) -> str:
+    """The ledger's method name of a probe: ``"learned head: pre"``, ``"no head"``, ..."""
+    return HEAD_NAMES[kind] + ("" if kind == "none" else f": {layer}")
 
 
 def digit_augment(x: torch.Tensor, generator: torch.Generator | None = None, shift: int = 2,

@@ -11,17 +11,25 @@ pixels (``norm_pix``, their default for the best representations)::
 
 `encode_visible` can stop after ``upto`` blocks: the partial teacher execution of DMAE
 (ch. 66), where a teacher only runs up to the block it is aligned at.
+
+`sincos_pos_embed` gives MAE's fixed 2-D sine-cosine position embeddings (``MAE(..., pos="sincos")``),
+and `load_official_vit` reads a checkpoint of the official MAE code (timm ViT keys) into a `TinyViT`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import re
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from .vit import TinyViT, TransformerBlock, _init_weights
 
-__all__ = ["MAE", "MAEOutput", "patchify", "unpatchify", "random_masking", "encode_visible"]
+__all__ = ["MAE", "MAEOutput", "patchify", "unpatchify", "random_masking", "encode_visible",
+           "sincos_pos_embed", "official_to_tinyvit", "load_official_vit"]
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -116,8 +124,11 @@ class MAE(nn.Module):
     """
 
     def __init__(self, encoder: TinyViT, dec_dim: int = 64, dec_depth: int = 1, dec_heads: int = 4,
-                 mask_ratio: float = 0.75, norm_pix: bool = True, mlp_ratio: float = 2.0):
+                 mask_ratio: float = 0.75, norm_pix: bool = True, mlp_ratio: float = 2.0,
+                 pos: str = "learned", norm_eps: float = 1e-5):
         super().__init__()
+        if pos not in ("learned", "sincos"):
+            raise ValueError(f"pos must be 'learned' or 'sincos', got {pos!r}")
         self.encoder, self.mask_ratio, self.norm_pix = encoder, mask_ratio, norm_pix
         self.patch = encoder.patch_embed.patch
         self.grid = encoder.grid
@@ -127,14 +138,24 @@ class MAE(nn.Module):
         self.decoder_embed = nn.Linear(encoder.dim, dec_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
         self.decoder_pos = nn.Parameter(torch.zeros(1, prefix + self.num_patches, dec_dim))
-        self.decoder_blocks = nn.ModuleList(TransformerBlock(dec_dim, dec_heads, mlp_ratio)
+        self.decoder_blocks = nn.ModuleList(TransformerBlock(dec_dim, dec_heads, mlp_ratio,
+                                                             norm_kwargs={"eps": norm_eps})
                                             for _ in range(dec_depth))
-        self.decoder_norm = nn.LayerNorm(dec_dim)
+        self.decoder_norm = nn.LayerNorm(dec_dim, eps=norm_eps)
         self.decoder_pred = nn.Linear(dec_dim, self.patch * self.patch * self.in_chans)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_pred):
             module.apply(_init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.decoder_pos, std=0.02)
+        if pos == "sincos":
+            # MAE's fixed (not learned) embeddings, encoder and decoder; fine-tuning may unfreeze them
+            if encoder.pos_embed is None:
+                raise ValueError("pos='sincos' needs an encoder with position embeddings")
+            with torch.no_grad():
+                encoder.pos_embed.copy_(sincos_pos_embed(encoder.dim, self.grid, prefix))
+                self.decoder_pos.copy_(sincos_pos_embed(dec_dim, self.grid, prefix))
+            encoder.pos_embed.requires_grad_(False)
+            self.decoder_pos.requires_grad_(False)
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """The per-patch regression target ``(B, N, patch*patch*C)``."""
@@ -169,3 +190,124 @@ class MAE(nn.Module):
         per_patch = ((pred - self.target(x)) ** 2).mean(-1)                     # (B, N)
         loss = (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
         return MAEOutput(loss, pred, mask, ids_keep, latent, layers)
+
+
+# --------------------------------------------------------------------------- fixed positions, official checkpoints
+
+def sincos_pos_embed(dim: int, grid: tuple[int, int], prefix: int = 1) -> torch.Tensor:
+    r"""MAE's 2-D sine-cosine position embeddings ``(1, prefix + H W, dim)`` (prefix rows are zero).
+
+    Half the channels encode the column, half the row of a patch (raster order), each as
+    :math:`[\sin(p\,\omega_k), \cos(p\,\omega_k)]` with :math:`\omega_k = 10000^{-k/(D/4)}`,
+    :math:`k = 0..D/4-1` (the Transformer's encoding per axis).
+    """
+    if dim % 4:
+        raise ValueError(f"sincos position embeddings need dim divisible by 4, got {dim}")
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
+                                indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+
+    def axis(p: torch.Tensor) -> torch.Tensor:
+        angles = p.reshape(-1, 1) * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    emb = torch.cat([axis(cols), axis(rows)], dim=1)
+    emb = torch.cat([torch.zeros(prefix, dim, dtype=torch.float64), emb], dim=0)
+    return emb.float().unsqueeze(0)
+
+
+_BLOCK_RENAMES = {"mlp.fc1.": "mlp.0.", "mlp.fc2.": "mlp.3."}
+
+
+def official_to_tinyvit(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the encoder keys of an official MAE / timm ViT state dict to `TinyViT`'s.
+
+    ``blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`` -> ``encoder.blocks.i.{..., mlp.0,
+    mlp.3}``, ``norm`` -> ``encoder.norm``; ``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``fc_norm``
+    and ``head`` keep their names (qkv is fused in both, same q/k/v order). The MAE decoder
+    (``decoder_*``, ``mask_token``) and anything else is dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in ("cls_token", "pos_embed") or key.startswith(("patch_embed.proj.", "fc_norm.", "head.")):
+            out[key] = value
+        elif key.startswith("norm."):
+            out["encoder." + key] = value
+        elif re.match(r"blocks\.\d+\.", key):
+            new = key
+            for old, rep in _BLOCK_RENAMES.items():
+                new = new.replace(old, rep)
+            out["encoder." + new] = value
+    return out
+
+
+#: the official MAE checkpoints this book can read (https://github.com/facebookresearch/mae)
+OFFICIAL_CHECKPOINTS = {
+    "mae_pretrain_vit_base.pth": "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth",
+    "mae_pretrain_vit_large.pth": "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_large.pth",
+    "mae_visualize_vit_large.pth": "https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_large.pth",
+    "mae_finetuned_vit_large.pth": "https://dl.fbaipublicfiles.com/mae/finetune/mae_finetuned_vit_large.pth",
+}
+
+
+def _checkpoint_path(name: str | Path, root: str | Path | None) -> Path:
+    from ..errors import DatasetMissing
+    from ..runtime import data_dir
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        base = Path(root).expanduser() if root is not None else data_dir()
+        if base is None:
+            raise DatasetMissing(f"MAE checkpoint {name} not found: REPLIBOOK_DATA is not set; put it at "
+                                 f"$REPLIBOOK_DATA/mae/{path.name} ({_how(path.name)})")
+        path = base / "mae" / path
+    if not path.is_file():
+        raise DatasetMissing(f"MAE checkpoint {path.name} not found at {path} (REPLIBOOK_DATA/mae/{path.name}); "
+                             f"{_how(path.name)}")
+    return path
+
+
+def _how(name: str) -> str:
+    url = OFFICIAL_CHECKPOINTS.get(name)
+    where = f"download it from {url}" if url else "see https://github.com/facebookresearch/mae for the checkpoints"
+    return f"{where} (official MAE release, https://github.com/facebookresearch/mae)"
+
+
+_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+
+
+def load_official_vit(name: str | Path, *, root: str | Path | None = None, heads: int | None = None,
+                      map_location: Any = "cpu", **kwargs: Any) -> TinyViT:
+    """A `TinyViT` holding the encoder of an official MAE checkpoint (``{"model": state_dict}``).
+
+    ``name``: a file name looked up as ``<root or $REPLIBOOK_DATA>/mae/<name>``, or a path. The
+    architecture is read off the weights (width, depth, patch, image size, channels, MLP ratio,
+    qkv bias, classifier); ``heads`` is not stored and defaults to ViT's (12 for B, 16 for L/H).
+    A fine-tuned checkpoint (``fc_norm`` present: global average pooling) gives ``pool="mean"``,
+    no final norm and ``fc_norm``; a pre-trained one gives CLS pooling and no head. LayerNorm eps
+    is 1e-6 and GELU exact, as in the official models. Missing file: `DatasetMissing` naming it,
+    ``REPLIBOOK_DATA`` and the download link. ``kwargs`` override the TinyViT arguments.
+    """
+    path = _checkpoint_path(name, root)
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else ckpt
+    state = official_to_tinyvit(state)
+    w = state["patch_embed.proj.weight"]
+    dim, in_chans, patch = w.shape[0], w.shape[1], w.shape[-1]
+    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.blocks."))
+    n_tokens = state["pos_embed"].shape[1] - 1
+    side = int(round(n_tokens ** 0.5))
+    hidden = state["encoder.blocks.0.mlp.0.weight"].shape[0]
+    global_pool = "fc_norm.weight" in state
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    arch = dict(img_size=side * patch, patch=patch, in_chans=in_chans, num_classes=num_classes, dim=dim,
+                depth=depth, heads=heads or _HEADS.get(dim, max(1, dim // 64)), mlp_ratio=hidden / dim,
+                norm_kwargs={"eps": 1e-6}, qkv_bias="encoder.blocks.0.attn.qkv.bias" in state,
+                pool="mean" if global_pool else "cls", final_norm=not global_pool, fc_norm=global_pool)
+    arch.update(kwargs)
+    vit = TinyViT(**arch)
+    if not arch["final_norm"]:
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.norm.")}
+    vit.load_state_dict(state, strict=True)
+    return vit.eval()

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .norm import is_channels_last, is_norm_activation, make_act, make_norm
 
-__all__ = ["ResNetCIFAR", "BasicBlock", "TinyResNet", "ShortcutA"]
+__all__ = ["ResNetCIFAR", "BasicBlock", "TinyResNet", "ShortcutA", "StageResNet", "resnet18_cifar"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 
@@ -207,34 +207,43 @@ class ResNetCIFAR(nn.Module):
         return (logits, feats) if return_features else logits
 
 
-class TinyResNet(nn.Module):
-    """A small ResNet for patches and small images: stem + one basic block per stage, each stage halving the size.
+class StageResNet(nn.Module):
+    """He et al.'s ImageNet ResNet layout with a CIFAR stem: stages of basic blocks, the first
+    block of every stage after the first halving the resolution, option-B shortcuts (a learned
+    projection suits training from scratch), one 3x3 stride-1 stem convolution and no max-pool
+    (as in the SimCLR / SupCon CIFAR code).
 
-    ``widths`` (default 16, 32, 64, 128) sets the channels of the ``stages`` stages; the
-    first stage keeps the resolution. Option-B shortcuts (a learned projection suits
-    training from scratch). Same ``forward`` / ``features`` / ``stage_outputs`` interface
-    as :class:`ResNetCIFAR`.
+    ``blocks`` gives the basic blocks per stage; ``widths`` their channels (default
+    ``width * 2**i``: 64-128-256-512 for ResNet-18). ``forward(x) -> logits (B, num_classes)``,
+    ``forward(x, return_features=True)`` -> ``(logits, features (B, widths[-1]))``;
+    :meth:`features` gives the pooled features and :meth:`stage_outputs` the maps after the stem
+    and after each stage. ``dim=1`` makes it read sequences ``(B, C, L)``; ``attn(channels)``
+    is applied to each residual branch. Randomly initialised (Kaiming-normal convolutions and
+    linear layers); there are no pretrained weights.
     """
 
-    def __init__(self, stages: int = 4, widths: Sequence[int] | None = None, num_classes: int = 10,
-                 dim: int = 2, in_channels: int = 3, norm: str | Callable[..., nn.Module] | None = "batch",
-                 act: str | None = "relu", attn: Callable[[int], nn.Module] | None = None,
-                 norm_kwargs: dict[str, Any] | None = None):
+    def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64, num_classes: int = 10,
+                 in_channels: int = 3, norm: str | Callable[..., nn.Module] | None = "batch",
+                 act: str | None = "relu", norm_kwargs: dict[str, Any] | None = None,
+                 widths: Sequence[int] | None = None, dim: int = 2, attn: Callable[[int], nn.Module] | None = None):
         super().__init__()
-        widths = list(widths) if widths is not None else [16 * 2 ** i for i in range(stages)]
-        if len(widths) != stages:
-            raise ValueError(f"need {stages} widths, got {widths}")
+        if not blocks or any(int(b) < 1 for b in blocks):
+            raise ValueError(f"blocks must be positive counts per stage, got {tuple(blocks)}")
+        widths = [width * 2 ** i for i in range(len(blocks))] if widths is None else list(widths)
+        if len(widths) != len(blocks):
+            raise ValueError(f"need {len(blocks)} widths, got {widths}")
         self.dim = dim
         norm_act = _NormAct(norm, act, norm_kwargs)
-        self.conv1 = _conv(dim, in_channels, widths[0], 3)
+        self.conv1 = _conv(dim, in_channels, widths[0], 3)          # CIFAR stem: 3x3, stride 1
         self.bn1 = norm_act.norm_layer(widths[0], with_act=True)
         self.act1 = norm_act.act_layer()
         channels = widths[0]
-        for i, w in enumerate(widths, start=1):
-            self.add_module(f"layer{i}", BasicBlock(channels, w, 1 if i == 1 else 2, dim, norm_act,
-                                                    attn=attn, shortcut="B"))
-            channels = w
-        self.num_stages = stages
+        self.num_stages = len(blocks)
+        for i, (n, out) in enumerate(zip(blocks, widths), start=1):
+            layers = [BasicBlock(channels if k == 0 else out, out, (1 if i == 1 else 2) if k == 0 else 1, dim,
+                                 norm_act, attn=attn, shortcut="B") for k in range(int(n))]
+            self.add_module(f"layer{i}", nn.Sequential(*layers))
+            channels = out
         self.num_features = channels
         self.linear = nn.Linear(channels, num_classes)
         for m in self.modules():
@@ -257,3 +266,28 @@ class TinyResNet(nn.Module):
         feats = self.features(x)
         logits = self.linear(feats)
         return (logits, feats) if return_features else logits
+
+
+class TinyResNet(StageResNet):
+    """A small ResNet for patches and small images: one basic block per stage, each stage after
+    the first halving the size; ``widths`` default 16, 32, 64, 128 (a `StageResNet` with
+    ``blocks = (1,) * stages``). Same interface as :class:`ResNetCIFAR`.
+    """
+
+    def __init__(self, stages: int = 4, widths: Sequence[int] | None = None, num_classes: int = 10,
+                 dim: int = 2, in_channels: int = 3, norm: str | Callable[..., nn.Module] | None = "batch",
+                 act: str | None = "relu", attn: Callable[[int], nn.Module] | None = None,
+                 norm_kwargs: dict[str, Any] | None = None):
+        widths = list(widths) if widths is not None else [16 * 2 ** i for i in range(stages)]
+        if len(widths) != stages:
+            raise ValueError(f"need {stages} widths, got {widths}")
+        super().__init__(blocks=(1,) * stages, widths=widths, num_classes=num_classes, in_channels=in_channels,
+                         norm=norm, act=act, norm_kwargs=norm_kwargs, dim=dim, attn=attn)
+
+
+def resnet18_cifar(num_classes: int = 10, width: int = 64, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2),
+                   norm: str | Callable[..., nn.Module] | None = "batch") -> StageResNet:
+    """ResNet-18 for 32x32 images (11.2 M parameters at ``width=64``, 512-d features): four
+    stages of two basic blocks, 3x3 stride-1 stem, no max-pool. ``width`` / ``blocks`` shrink it
+    for tests (e.g. ``width=4, blocks=(1, 1)``)."""
+    return StageResNet(blocks=blocks, width=width, num_classes=num_classes, in_channels=in_channels, norm=norm)

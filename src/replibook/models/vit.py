@@ -35,7 +35,8 @@ from torch import nn
 from .attention import check_padding_mask, make_attention
 from .norm import make_act, make_norm, norm_entry
 
-__all__ = ["TransformerBlock", "TransformerEncoder", "TinyViT", "TokenTransformer", "PatchEmbed"]
+__all__ = ["TransformerBlock", "TransformerEncoder", "TinyViT", "TokenTransformer", "PatchEmbed", "drop_path",
+           "set_drop_path"]
 
 AttnSpec = str | Callable[..., nn.Module]
 NormSpec = str | Callable[..., nn.Module] | None
@@ -60,11 +61,30 @@ def _takes_padding_mask(module: nn.Module) -> bool:
         return False
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016) on a residual branch ``x (B, ...)``: in training, each
+    sample's branch is dropped with probability ``rate`` and kept ones are scaled by ``1 / (1 - rate)``."""
+    if rate <= 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+def set_drop_path(model: nn.Module, rate: float) -> None:
+    """Stochastic depth rising linearly from 0 (first block) to ``rate`` (last block) over the
+    `TransformerBlock`s of ``model`` (the timm/DeiT/MAE fine-tuning rule)."""
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+    for i, block in enumerate(blocks):
+        block.drop_path = rate * i / max(len(blocks) - 1, 1)
+
+
 class TransformerBlock(nn.Module):
     """Attention + MLP, each with a residual connection and a norm (pre- or post-norm).
 
     Shapes: ``x: (B, N, dim)``, ``mask: (B, N)`` bool (True = padding) ->
-    ``(x: (B, N, dim), maps or None)``.
+    ``(x: (B, N, dim), maps or None)``. ``drop_path``: stochastic-depth rate of both residual
+    branches (pre-norm; 0 by default, see `set_drop_path`).
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, attn: AttnSpec = "softmax",
@@ -80,6 +100,7 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), make_act(act), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
         self.drop = nn.Dropout(dropout)
+        self.drop_path = 0.0
         self._mask_norm1 = _takes_padding_mask(self.norm1)
         self._mask_norm2 = _takes_padding_mask(self.norm2)
 
@@ -94,8 +115,8 @@ class TransformerBlock(nn.Module):
                 return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.prenorm:
             a, maps = self.attn(self._norm(1, x, mask), mask=mask, return_maps=return_attn)
-            x = x + self.drop(a)                                      # x + Attn(Norm1(x))
-            x = x + self.mlp(self._norm(2, x, mask))                  # x + MLP(Norm2(x))
+            x = x + drop_path(self.drop(a), self.drop_path, self.training)              # x + Attn(Norm1(x))
+            x = x + drop_path(self.mlp(self._norm(2, x, mask)), self.drop_path, self.training)  # x + MLP(Norm2(x))
         else:
             a, maps = self.attn(x, mask=mask, return_maps=return_attn)
             x = self._norm(1, x + self.drop(a), mask)                 # Norm1(x + Attn(x))
@@ -166,7 +187,7 @@ class _TokenModel(nn.Module):
                mlp_ratio: float, attn: AttnSpec, norm: NormSpec, cls: bool, pool: str | None,
                return_layers: bool, return_attn: bool, attn_kwargs, norm_kwargs, act: str,
                dropout: float, prenorm: bool, final_norm: bool | None, grid: tuple[int, int] | None,
-               pos_embed: bool, init: str) -> None:
+               pos_embed: bool, init: str, fc_norm: bool = False) -> None:
         pool = pool or ("cls" if cls else "mean")
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
@@ -182,6 +203,8 @@ class _TokenModel(nn.Module):
             dim, depth, heads, mlp_ratio, attn, norm, act, dropout, prenorm, final_norm,
             attn_kwargs, norm_kwargs, seq_len=total, grid=grid,
             num_prefix_tokens=self.num_prefix_tokens)
+        # a norm on the pooled vector (MAE/BEiT's global pooling: mean of the block outputs, then a norm)
+        self.fc_norm = _token_norm(norm, dim, norm_kwargs) if fc_norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
         if init not in ("vit", "torch"):
             raise ValueError(f"init must be 'vit' or 'torch', got {init!r}")
@@ -208,7 +231,7 @@ class _TokenModel(nn.Module):
         rl = self.return_layers if return_layers is None else return_layers
         ra = self.return_attn if return_attn is None else return_attn
         x, layers, maps, mask = self._encode(tokens, mask, rl, ra)
-        logits = self.head(_pool(x, self.pool, self.num_prefix_tokens, mask))
+        logits = self.head(self.fc_norm(_pool(x, self.pool, self.num_prefix_tokens, mask)))
         if not (rl or ra):
             return logits
         aux: dict[str, Any] = {"tokens": x}
@@ -260,6 +283,10 @@ class TinyViT(_TokenModel):
             recipe) or ``"torch"`` (PyTorch's default Linear init, larger weights, which
             learns faster in runs of a few hundred updates). Position and CLS embeddings are
             truncated-normal (std 0.02) either way.
+        fc_norm: a norm (``norm``, ``norm_kwargs``) on the pooled vector before the head. With
+            ``pool="mean", final_norm=False`` this is the global pooling of MAE fine-tuning
+            (timm's ``fc_norm``). Default off (no extra parameters).
+        qkv_bias: biases in the attention's qkv projection (softmax attention; default on).
 
     ``forward(x)`` returns logits ``(B, num_classes)``; with ``return_layers`` or
     ``return_attn`` it returns ``(logits, aux)``, ``aux = {"tokens": final tokens
@@ -273,8 +300,10 @@ class TinyViT(_TokenModel):
                  pool: str | None = None, attn_kwargs: dict[str, Any] | None = None,
                  norm_kwargs: dict[str, Any] | None = None, act: str = "gelu", dropout: float = 0.0,
                  prenorm: bool = True, final_norm: bool | None = None, pos_embed: bool = True,
-                 init: str = "vit"):
+                 init: str = "vit", fc_norm: bool = False, qkv_bias: bool | None = None):
         super().__init__()
+        if qkv_bias is not None:
+            attn_kwargs = {**(attn_kwargs or {}), "qkv_bias": qkv_bias}
         self.patch_embed = PatchEmbed(img_size, patch, in_chans, dim)
         self.grid = self.patch_embed.grid
         self._setup(num_tokens=self.grid[0] * self.grid[1], num_classes=num_classes, dim=dim,
@@ -282,7 +311,7 @@ class TinyViT(_TokenModel):
                     pool=pool, return_layers=return_layers, return_attn=return_attn,
                     attn_kwargs=attn_kwargs, norm_kwargs=norm_kwargs, act=act, dropout=dropout,
                     prenorm=prenorm, final_norm=final_norm, grid=self.grid, pos_embed=pos_embed,
-                    init=init)
+                    init=init, fc_norm=fc_norm)
 
     def forward(self, x: torch.Tensor, return_layers: bool | None = None,
                 return_attn: bool | None = None):
@@ -291,7 +320,7 @@ class TinyViT(_TokenModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features before the head: ``(B, dim)``."""
         out, _, _, _ = self._encode(self.patch_embed(x), None, False, False)
-        return _pool(out, self.pool, self.num_prefix_tokens, None)
+        return self.fc_norm(_pool(out, self.pool, self.num_prefix_tokens, None))
 
 
 class TokenTransformer(_TokenModel):

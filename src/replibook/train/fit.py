@@ -10,9 +10,10 @@ which keeps `fit` within a few percent of a hand-written loop
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -69,6 +70,66 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     raise ValueError(f"unknown optimizer '{name}' (adam, adamw, sgd)")
 
 
+class _Loop:
+    """What `fit` and `stream_fit` share: the optimiser, the cosine schedule, AMP (bf16
+    autocast on CUDA, a grad scaler for fp16), one update, and the eval points."""
+
+    def __init__(self, model: nn.Module, dev: torch.device, *, steps: int, lr: float,
+                 opt: str | torch.optim.Optimizer, weight_decay: float,
+                 wd_groups: Callable[[str, nn.Parameter], bool] | None, schedule: str | None,
+                 clip: float | None, eval_fn: EvalFn | None):
+        if schedule not in (None, "cosine"):
+            raise ValueError(f"unknown schedule '{schedule}'")
+        self.model, self.dev, self.clip, self.eval_fn = model, dev, clip, eval_fn
+        self.optimizer = (opt if isinstance(opt, torch.optim.Optimizer)
+                          else make_optimizer(model, opt, lr, weight_decay, wd_groups))
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(steps, 1))
+                          if schedule == "cosine" else None)
+        use_amp = runtime.amp_enabled(dev)
+        self.scaler = (torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+                       if use_amp else None)
+        self.history = History()
+        self.running = torch.zeros((), device=dev)       # on the device: no host sync per step
+        self.count = 0
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, clip, step and schedule for one minibatch loss."""
+        scaled = self.scaler is not None and self.scaler.is_enabled()
+        self.optimizer.zero_grad(set_to_none=True)
+        if scaled:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        if scaled:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.running += loss.detach().float()
+        self.count += 1
+
+    def evaluate(self, step: int) -> bool:
+        """Call ``eval_fn`` (eval mode, no grad) and log it with the mean loss since the last point."""
+        if self.eval_fn is None:
+            return False
+        self.model.eval()
+        with torch.no_grad(), runtime.autocast(self.dev):
+            metrics = dict(self.eval_fn(self.model))
+        self.model.train()
+        loss = float(self.running) / max(self.count, 1) if self.count else float("nan")
+        self.history.append(step, loss, metrics)
+        self.running, self.count = torch.zeros((), device=self.dev), 0
+        return True
+
+    def due(self, step: int, steps: int, eval_every: int | None) -> bool:
+        return self.eval_fn is not None and bool((eval_every and step % eval_every == 0) or step == steps)
+
+
 def fit(model: nn.Module, data: Sequence[torch.Tensor], *, steps: int, batch_size: int,
         lr: float = 1e-3, opt: str | torch.optim.Optimizer = "adam", weight_decay: float = 0.0,
         wd_groups: Callable[[str, nn.Parameter], bool] | None = None,
@@ -98,30 +159,12 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, steps: int, batch_siz
         raise ValueError("all data tensors must share their first dimension")
     batch_size = min(batch_size, n)
     loss_fn = loss_fn or cross_entropy_loss
-    optimizer = opt if isinstance(opt, torch.optim.Optimizer) else make_optimizer(model, opt, lr, weight_decay, wd_groups)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-                 if schedule == "cosine" else None)
-    if schedule not in (None, "cosine"):
-        raise ValueError(f"unknown schedule '{schedule}'")
-    use_amp = runtime.amp_enabled(dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp else None
+    loop = _Loop(model, dev, steps=steps, lr=lr, opt=opt, weight_decay=weight_decay, wd_groups=wd_groups,
+                 schedule=schedule, clip=clip, eval_fn=eval_fn)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    history = History()
     t0 = time.perf_counter()
-
-    def evaluate(step: int, running: torch.Tensor, count: int) -> None:
-        if eval_fn is None:
-            return
-        model.eval()
-        with torch.no_grad(), runtime.autocast(dev):
-            metrics = dict(eval_fn(model))
-        model.train()
-        history.append(step, float(running) / max(count, 1) if count else float("nan"), metrics)
-
     model.train()
-    running = torch.zeros((), device=dev)
-    count = 0
-    evaluate(0, running, 0)
+    loop.evaluate(0)
     order = torch.randperm(n, generator=gen).to(dev)
     pos = 0
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False, mininterval=0.5)
@@ -134,30 +177,65 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, steps: int, batch_siz
         batch = [t[idx] for t in tensors]
         with runtime.autocast(dev):
             loss = loss_fn(model, *batch)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if scaler is not None and scaler.is_enabled():
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        running += loss.detach().float()
-        count += 1
-        if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == steps):
-            evaluate(step, running, count)
-            if history.metrics:
-                bar.set_postfix({k: f"{v[-1]:.3g}" for k, v in list(history.metrics.items())[:2]}, refresh=False)
-            running = torch.zeros((), device=dev)
-            count = 0
+        loop.update(loss)
+        if loop.due(step, steps, eval_every):
+            loop.evaluate(step)
+            metrics = loop.history.metrics
+            if metrics:
+                bar.set_postfix({k: f"{v[-1]:.3g}" for k, v in list(metrics.items())[:2]}, refresh=False)
     bar.close()
     model.eval()
-    history.wall_s = time.perf_counter() - t0
-    return history
+    loop.history.wall_s = time.perf_counter() - t0
+    return loop.history
+
+
+Batches = "Iterable[Any] | Callable[[int], Iterable[Any]]"
+
+
+def cycle_epochs(batches: Any) -> Iterator[Any]:
+    """Endless stream of items from ``batches``: an iterable (re-iterated every epoch) or a
+    callable ``epoch -> iterable`` (called with 0, 1, 2, ... so a loader can reseed per epoch)."""
+    for epoch in itertools.count():
+        it = batches(epoch) if callable(batches) else batches
+        empty = True
+        for item in it:
+            empty = False
+            yield item
+        if empty:
+            raise ValueError("the batch stream yielded nothing in an epoch")
+
+
+def stream_fit(model: nn.Module, batches: Batches, *, steps: int, lr: float = 1e-3,
+               opt: str | torch.optim.Optimizer = "sgd", weight_decay: float = 0.0,
+               loss_fn: Callable[[nn.Module, Any], torch.Tensor], schedule: str | None = "cosine",
+               eval_fn: EvalFn | None = None, eval_every: int | None = None,
+               clip: float | None = None, device: torch.device | str | None = None, progress: bool = True,
+               desc: str | None = None) -> History:
+    """`fit` for data that do not fit in memory: ``steps`` updates on items drawn from ``batches``.
+
+    ``batches`` is an iterable (e.g. a DataLoader; re-iterated when exhausted) or a callable
+    ``epoch -> iterable`` (a fresh loader per epoch, so crops and order change with the epoch).
+    ``loss_fn(model, item)`` gets each item as the loader yields it (moving it to the device is
+    its job). Same optimiser, cosine schedule (per update, to 0), AMP on CUDA (bf16 autocast,
+    a grad scaler for fp16), eval points and `History` as `fit`.
+    """
+    dev = torch.device(device) if device is not None else runtime.device()
+    model.to(dev)
+    loop = _Loop(model, dev, steps=steps, lr=lr, opt=opt, weight_decay=weight_decay, wd_groups=None,
+                 schedule=schedule, clip=clip, eval_fn=eval_fn)
+    t0 = time.perf_counter()
+    model.train()
+    loop.evaluate(0)
+    stream = cycle_epochs(batches)
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False, mininterval=2.0)
+    for step in bar:
+        item = next(stream)
+        with runtime.autocast(dev):
+            loss = loss_fn(model, item)
+        loop.update(loss)
+        if loop.due(step, steps, eval_every):
+            loop.evaluate(step)
+    bar.close()
+    model.eval()
+    loop.history.wall_s = time.perf_counter() - t0
+    return loop.history

@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-__all__ = ["as_numpy", "standardize", "linear", "linear_head", "logreg_auroc", "ridge", "knn", "mlp", "balanced_subset",
+__all__ = ["as_numpy", "standardize", "linear", "linear_lbfgs", "linear_head", "logreg_auroc", "ridge", "knn", "mlp", "per_class_subset",
            "label_efficiency"]
 
 
@@ -71,6 +71,45 @@ def linear(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, C: float = 1.0,
     clf = LogisticRegression(C=C, max_iter=max_iter).fit(tr, ytr)
     return {"acc": float((clf.predict(te) == yte).mean()),
             "train_acc": float((clf.predict(tr) == ytr).mean()), "model": clf}
+
+
+def linear_lbfgs(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any,
+                 C: float = 1.0, max_iter: int = 500) -> dict[str, float]:
+    """The estimator of `linear` (multinomial logistic regression on
+    features standardised with the train statistics, L2 penalty ``||W||^2 / 2`` against ``C`` times
+    the summed cross-entropy, bias not penalised), fitted with full-batch L-BFGS in torch on the
+    features' device: the GPU route for 50,000 x 512 features and 100 classes.
+
+    Returns ``{"acc": test accuracy, "train_acc": ...}``.
+    """
+    import torch
+    from torch import nn
+
+    f_tr, f_te = f_tr.float(), f_te.float().to(f_tr.device)
+    y_tr, y_te = y_tr.long().to(f_tr.device), y_te.long().to(f_tr.device)
+    mu, sd = f_tr.mean(0), f_tr.std(0, unbiased=False)
+    sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+    tr, te = (f_tr - mu) / sd, (f_te - mu) / sd
+    k = int(max(int(y_tr.max()), int(y_te.max())) + 1)
+    w = torch.zeros(tr.shape[1], k, device=tr.device, requires_grad=True)
+    b = torch.zeros(k, device=tr.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+    n = len(tr)
+
+    def closure():
+        opt.zero_grad()
+        # sklearn's objective divided by C N: mean CE + ||W||^2 / (2 C N)
+        loss = nn.functional.cross_entropy(tr @ w + b, y_tr) + w.pow(2).sum() / (2 * C * n)
+        loss.backward()
+        return loss
+
+    with torch.autocast(tr.device.type, enabled=False):
+        opt.step(closure)
+    with torch.no_grad():
+        acc = float(((te @ w + b).argmax(1) == y_te).float().mean())
+        train_acc = float(((tr @ w + b).argmax(1) == y_tr).float().mean())
+    return {"acc": acc, "train_acc": train_acc}
 
 
 @_one_blas_thread
@@ -181,9 +220,10 @@ def mlp(f_tr: Any, y_tr: Any, f_te: Any, y_te: Any, hidden: Sequence[int] = (200
             "model": head, "predict": predict}
 
 
-def balanced_subset(y: Any, per_class: int, seed: int = 0) -> np.ndarray:
+def per_class_subset(y: Any, per_class: int, seed: int = 0) -> np.ndarray:
     """Indices of ``per_class`` examples of every class (fewer if a class has fewer), drawn
-    without replacement with a seeded generator, in increasing order."""
+    without replacement with a seeded generator, in increasing order. (For a total count
+    split evenly over the classes, in random order, see `replibook.data.balanced_subset`.)"""
     labels = _labels(y)
     rng = np.random.default_rng(seed)
     picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
@@ -199,7 +239,7 @@ def label_efficiency(make_model: Callable[[], Any], x_tr: Any, y_tr: Any, x_te: 
     ``make_model()`` returns the initial classifier (logits out), e.g. a copy of a pretrained
     backbone with a new linear layer, or a freshly initialised one; it is called once per
     ``n`` and the model it returns is trained in place (all parameters that require grad) with
-    `replibook.train.fit` for ``steps`` updates. The labelled subset is `balanced_subset` with
+    `replibook.train.fit` for ``steps`` updates. The labelled subset is `per_class_subset` with
     ``seed`` (nested sets are not guaranteed); comparing two inits with the same ``seed`` gives
     them the same labelled images and the same minibatch order.
 
@@ -211,7 +251,7 @@ def label_efficiency(make_model: Callable[[], Any], x_tr: Any, y_tr: Any, x_te: 
     ytr_np = _labels(y_tr)
     out: dict[int, float] = {}
     for n in labels_per_class:
-        idx = torch.as_tensor(balanced_subset(ytr_np, int(n), seed))
+        idx = torch.as_tensor(per_class_subset(ytr_np, int(n), seed))
         model = make_model()
         dev = torch.device(device) if device is not None else next(model.parameters()).device
         xs = torch.as_tensor(x_tr)[idx.to(torch.as_tensor(x_tr).device)]
