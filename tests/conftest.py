@@ -27,3 +27,16 @@ def tmp_cache(tmp_path, monkeypatch):
     zoo.reset_used()
     yield tmp_path / "cache"
     zoo.reset_used()
+
+
+def four_blob_images(n: int = 96, seed: int = 0):
+    """``(n, 1, 12, 12)`` images of four classes (a bright 6x6 square in the class's corner, class
+    ``i % 4``) on faint noise: a task a tiny encoder learns in a few updates (SSL loop tests)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    x = 0.1 * torch.rand(n, 1, 12, 12, generator=g)
+    for i in range(n):
+        c = i % 4
+        r, s = (c // 2) * 6, (c % 2) * 6
+        x[i, :, r:r + 6, s:s + 6] += 0.8
+    return x.clamp(0, 1)

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import four_blob_images
+
 from replibook.losses.contrastive import info_nce
 from replibook.train.ssl import MoCoQueue, moco_logits, moco_pretrain, momentum_update
 
@@ -60,14 +62,7 @@ def test_moco_logits_equal_info_nce_on_unit_vectors():
 
 
 def _images(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # four blob classes: a bright square at a class-specific corner plus noise
-    x = 0.1 * torch.rand(n, 1, 12, 12, generator=g)
-    for i in range(n):
-        c = i % 4
-        r, s = (c // 2) * 6, (c % 2) * 6
-        x[i, :, r:r + 6, s:s + 6] += 0.8
-    return x.clamp(0, 1)
+    return four_blob_images(n, seed)
 
 
 def _run(seed=0, steps=30, ft=None, **kw):

@@ -3,18 +3,14 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import four_blob_images
+
 from replibook.train.fit import stream_fit
 from replibook.train.ssl import extract_features, linear_eval_stream, moco_pretrain
 
 
 def _images(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = 0.1 * torch.rand(n, 1, 12, 12, generator=g)
-    for i in range(n):
-        c = i % 4
-        r, s = (c // 2) * 6, (c % 2) * 6
-        x[i, :, r:r + 6, s:s + 6] += 0.8
-    return x.clamp(0, 1)
+    return four_blob_images(n, seed)
 
 
 def _model(seed):
